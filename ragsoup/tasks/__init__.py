@@ -1,0 +1,45 @@
+"""Task generators for souping experiments: needles, two-hop facts, SQuAD and HotpotQA."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from typing import Any
+
+from ragsoup.errors import RagsoupError
+from ragsoup.tasks.base import SoupExample
+from ragsoup.tasks.filler import FillerSource, ProseFiller
+from ragsoup.tasks.needle import make_needle_corpus, needle_example
+from ragsoup.tasks.twohop import make_twohop_corpus, twohop_example
+
+TASKS: tuple[str, ...] = ("needle", "needle-multikey", "needle-distractor", "needle-multivalue", "two-hop")
+
+_GENERATORS: dict[str, Callable[..., SoupExample]] = {
+    "needle": lambda rng, k, **kw: needle_example(rng, k, variant="single", **kw),
+    "needle-multikey": lambda rng, k, **kw: needle_example(rng, k, variant="multikey", **kw),
+    "needle-distractor": lambda rng, k, **kw: needle_example(rng, k, variant="distractor", **kw),
+    "needle-multivalue": lambda rng, k, **kw: needle_example(rng, k, variant="multivalue", **kw),
+    "two-hop": twohop_example,
+}
+
+
+def generate_example(task: str, rng: random.Random, k: int, **kw: Any) -> SoupExample:
+    """Return one synthetic example of the named task with k passages (kw go to the generator)."""
+    try:
+        gen = _GENERATORS[task]
+    except KeyError:
+        raise RagsoupError(f"unknown task {task!r}; valid tasks: {', '.join(TASKS)}") from None
+    return gen(rng, k, **kw)
+
+
+__all__ = [
+    "TASKS",
+    "FillerSource",
+    "ProseFiller",
+    "SoupExample",
+    "generate_example",
+    "make_needle_corpus",
+    "make_twohop_corpus",
+    "needle_example",
+    "twohop_example",
+]

@@ -1,0 +1,151 @@
+"""SQuAD v1.1: loading, article-level train/val split and souping examples with distractors."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import random
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from ragsoup.errors import RagsoupError
+from ragsoup.tasks.base import SoupExample, check_k, shuffle_with_gold
+
+
+def read_json(path: str | Path, what: str) -> Any:
+    """Read a .json or .json.gz file, turning I/O and parse failures into RagsoupError."""
+    path = Path(path)
+    if not path.is_file():
+        raise RagsoupError(f"{what} file not found: {path}")
+    opener = gzip.open if path.name.lower().endswith(".gz") else open
+    try:
+        with opener(path, "rt", encoding="utf-8") as f:
+            return json.load(f)
+    except json.JSONDecodeError as e:
+        raise RagsoupError(f"{path}: not valid JSON ({e.msg} at line {e.lineno})") from e
+    except (OSError, EOFError, UnicodeDecodeError) as e:
+        raise RagsoupError(f"cannot read {what} file {path}: {e}") from e
+
+
+def load_squad(path: str | Path) -> list[dict]:
+    """Read SQuAD v1.1 JSON (.json or .json.gz) into records {id, title, context, question, answers}."""
+    data = read_json(path, "SQuAD")
+    if not isinstance(data, dict) or not isinstance(data.get("data"), list):
+        raise RagsoupError(f'{path}: not SQuAD v1.1 JSON (expected an object with a "data" list of articles)')
+    records: list[dict] = []
+    try:
+        for a_idx, article in enumerate(data["data"]):
+            title = article["title"]
+            for p_idx, para in enumerate(article["paragraphs"]):
+                context = para["context"]
+                for q_idx, qa in enumerate(para["qas"]):
+                    answers: list[str] = []
+                    for ans in qa.get("answers", []):
+                        if ans["text"] not in answers:
+                            answers.append(ans["text"])
+                    records.append(
+                        {
+                            "id": str(qa.get("id", f"{a_idx}-{p_idx}-{q_idx}")),
+                            "title": title,
+                            "context": context,
+                            "question": qa["question"],
+                            "answers": answers,
+                        }
+                    )
+    except (KeyError, TypeError) as e:
+        raise RagsoupError(
+            f"{path}: malformed SQuAD v1.1 JSON (missing or wrong field {e}); expected "
+            "data[].title, data[].paragraphs[].context, data[].paragraphs[].qas[].question/answers[].text"
+        ) from e
+    return records
+
+
+def _article_score(title: str, seed: int) -> float:
+    digest = hashlib.sha256(f"{seed}\x00{title}".encode("utf-8")).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64
+
+
+def split_by_article(
+    records: list[dict], val_fraction: float = 0.05, seed: int = 0
+) -> tuple[list[dict], list[dict]]:
+    """Split records into (train, val) by a hash of (seed, article title); no article is in both."""
+    if not 0.0 <= val_fraction <= 1.0:
+        raise RagsoupError(f"val_fraction must be in [0, 1]; got {val_fraction}")
+    train: list[dict] = []
+    val: list[dict] = []
+    cache: dict[str, bool] = {}
+    for rec in records:
+        title = rec["title"]
+        if title not in cache:
+            cache[title] = _article_score(title, seed) < val_fraction
+        (val if cache[title] else train).append(rec)
+    return train, val
+
+
+def squad_examples(
+    records: list[dict],
+    rng: random.Random,
+    k: int,
+    same_article_distractors: int = 1,
+    shuffle_records: bool = True,
+) -> Iterator[SoupExample]:
+    """Yield one example per record: its paragraph plus k-1 distinct distractor paragraphs, shuffled.
+
+    Up to ``same_article_distractors`` distractors come from the question's own article, the
+    rest from other articles (topped up from the own article if there are too few others).
+    Records are visited once, in an rng-shuffled order unless shuffle_records is False; records
+    without answers are skipped. ``answer`` is the first gold answer, ``answers`` all of them.
+    """
+    check_k(k)
+    if same_article_distractors < 0:
+        raise RagsoupError(f"same_article_distractors must be >= 0; got {same_article_distractors}")
+    # Distinct paragraphs, grouped contiguously by article.
+    by_title: dict[str, dict[str, None]] = {}  # dicts as insertion-ordered sets
+    for rec in records:
+        by_title.setdefault(rec["title"], {})[rec["context"]] = None
+    paragraphs: list[str] = []
+    span: dict[str, tuple[int, int]] = {}
+    for title, paras in by_title.items():
+        span[title] = (len(paragraphs), len(paragraphs) + len(paras))
+        paragraphs.extend(paras)
+    if len(paragraphs) < k:
+        raise RagsoupError(f"k={k} passages requested but the records hold only {len(paragraphs)} distinct paragraphs")
+    index_of = {(t, p): span[t][0] + i for t, paras in by_title.items() for i, p in enumerate(paras)}
+    return _squad_iter(records, rng, k, same_article_distractors, shuffle_records, paragraphs, span, index_of)
+
+
+def _squad_iter(
+    records: list[dict],
+    rng: random.Random,
+    k: int,
+    same_article_distractors: int,
+    shuffle_records: bool,
+    paragraphs: list[str],
+    span: dict[str, tuple[int, int]],
+    index_of: dict[tuple[str, str], int],
+) -> Iterator[SoupExample]:
+    order = list(range(len(records)))
+    if shuffle_records:
+        rng.shuffle(order)
+    for r_idx in order:
+        rec = records[r_idx]
+        if not rec["answers"]:
+            continue
+        start, end = span[rec["title"]]
+        gold_idx = index_of[(rec["title"], rec["context"])]
+        own = [i for i in range(start, end) if i != gold_idx]
+        n_same = min(same_article_distractors, len(own), k - 1)
+        chosen = rng.sample(own, n_same)
+        n_other_pool = len(paragraphs) - (end - start)
+        n_other = min(k - 1 - n_same, n_other_pool)
+        for j in rng.sample(range(n_other_pool), n_other):
+            chosen.append(j if j < start else j + (end - start))
+        if len(chosen) < k - 1:  # too few other articles: top up from the own article
+            rest = [i for i in own if i not in chosen]
+            chosen += rng.sample(rest, k - 1 - len(chosen))
+        docs, gold = shuffle_with_gold(rng, [paragraphs[gold_idx]] + [paragraphs[i] for i in chosen], [0])
+        yield SoupExample(
+            docs=docs, question=rec["question"], answer=rec["answers"][0], gold=gold, answers=list(rec["answers"])
+        )

@@ -1,0 +1,541 @@
+"""Task generators, filler sources, dataset loaders and corpus files."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import random
+import re
+from pathlib import Path
+
+import pytest
+
+from ragsoup.errors import RagsoupError
+from ragsoup.tasks import TASKS, FillerSource, ProseFiller, SoupExample, generate_example
+from ragsoup.tasks.base import NameGenerator, insert_sentence, split_sentences
+from ragsoup.tasks.files import make_corpus, read_corpus, read_questions, write_corpus
+from ragsoup.tasks.filler import VOCABULARY, make_title, strip_gutenberg
+from ragsoup.tasks.hotpot import hotpot_examples, load_hotpot
+from ragsoup.tasks.needle import VARIANTS, make_needle_corpus, needle_example
+from ragsoup.tasks.squad import load_squad, split_by_article, squad_examples
+from ragsoup.tasks.twohop import make_twohop_corpus, twohop_example
+
+DIGIT = re.compile(r"\d")
+NEEDLE_RE = re.compile(r"The special magic number for ([a-z -]+) is (\d{6})\.")
+
+
+def _examples(task: str, seed: int, k: int = 6, n: int = 5) -> list[SoupExample]:
+    rng = random.Random(seed)
+    return [generate_example(task, rng, k) for _ in range(n)]
+
+
+# ---------------------------------------------------------------------------
+# Filler
+# ---------------------------------------------------------------------------
+
+
+def test_filler_deterministic_digit_free_and_needle_free() -> None:
+    src = FillerSource()
+    a = [src.passage(random.Random(7), 300) for _ in range(3)]
+    b = [src.passage(random.Random(7), 300) for _ in range(3)]
+    assert a == b
+    rng = random.Random(0)
+    texts = [src.passage(rng, 400) for _ in range(300)]
+    assert len(set(texts)) == len(texts)
+    for text in texts:
+        assert not DIGIT.search(text)
+        low = text.lower()
+        assert "magic" not in low and "number" not in low
+        for phrase in ("born in", "works in", "lives in", "capital of", "located in", "a city in"):
+            assert phrase not in low
+        assert 200 <= len(text) <= 600
+        assert text[0].isupper() and text.endswith(".")
+    assert not re.search(r"\ba [aeio]", " ".join(texts))  # a/an agreement
+
+
+def test_filler_vocabulary_is_varied() -> None:
+    assert len(VOCABULARY) >= 300
+    rng = random.Random(1)
+    words = set(re.findall(r"[a-z]+", " ".join(FillerSource().passage(rng, 2000) for _ in range(20)).lower()))
+    assert len(words) >= 250
+
+
+def test_filler_lengths() -> None:
+    src = FillerSource()
+    rng = random.Random(3)
+    assert src.passage(rng, 0) == ""
+    assert len(split_sentences(src.passage(rng, 1))) == 1
+    lengths = [len(src.passage(rng, 500)) for _ in range(50)]
+    assert all(abs(n - 500) < 120 for n in lengths)
+
+
+def test_titles_digit_free() -> None:
+    rng = random.Random(2)
+    for _ in range(50):
+        title = make_title(rng)
+        assert title and not DIGIT.search(title) and title[0].isupper()
+
+
+GUTENBERG_TEXT = """The Project Gutenberg EBook of Tiny Tales, by Nobody
+
+This eBook is for the use of anyone anywhere at no cost. Release Date: 1901.
+
+*** START OF THIS PROJECT GUTENBERG EBOOK TINY TALES ***
+
+Produced by Some Volunteers at www.pgdp.net
+
+CHAPTER I
+
+The old miller walked to the river every morning. He liked to watch the boats go by. In 1888 he bought a new wheel for the mill. Mr. Hobbs, his neighbour, thought this was a fine idea.
+
+The rain fell all afternoon, and the children stayed inside. Their mother read to them from a thick book. Nobody complained about the weather.
+
+"Will it stop soon?" asked the youngest. "Perhaps by supper," said her mother.
+
+*** END OF THIS PROJECT GUTENBERG EBOOK TINY TALES ***
+
+This file should be named 12345.txt. Gutenberg is a trademark.
+"""
+
+
+def test_strip_gutenberg() -> None:
+    body = strip_gutenberg(GUTENBERG_TEXT)
+    assert "START OF" not in body and "END OF" not in body
+    assert "Release Date" not in body and "trademark" not in body
+    assert "old miller" in body
+
+
+@pytest.mark.parametrize("kind", ["txt", "jsonl.gz", "jsonl"])
+def test_prose_filler_files(tmp_path: Path, kind: str) -> None:
+    if kind == "txt":
+        path = tmp_path / "book.txt"
+        path.write_text(GUTENBERG_TEXT, encoding="utf-8")
+    else:
+        path = tmp_path / f"books.{kind}"
+        other = GUTENBERG_TEXT.replace("old miller", "young baker").replace("TINY TALES", "OTHER TALES")
+        lines = "".join(json.dumps({"title": t, "text": x}) + "\n" for t, x in [("a", GUTENBERG_TEXT), ("b", other)])
+        if kind.endswith(".gz"):
+            with gzip.open(path, "wt", encoding="utf-8") as f:
+                f.write(lines)
+        else:
+            path.write_text(lines, encoding="utf-8")
+    prose = ProseFiller(path)
+    assert prose.n_books == (1 if kind == "txt" else 2)
+    rng = random.Random(0)
+    passages = [prose.passage(rng, 120) for _ in range(40)]
+    assert [prose.passage(random.Random(5), 120) for _ in range(3)] == [
+        prose.passage(random.Random(5), 120) for _ in range(3)
+    ]
+    joined = " ".join(passages)
+    assert not DIGIT.search(joined)  # the "In 1888" sentence is dropped
+    for banned in ("Gutenberg", "START OF", "END OF", "Produced by", "CHAPTER", "www", "trademark"):
+        assert banned not in joined
+    for p in passages:
+        assert p and p[0] in "TMHN\"" and p.rstrip("\"").endswith((".", "?", "!"))
+    assert "Mr. Hobbs, his neighbour, thought this was a fine idea." in joined  # abbreviation kept whole
+    # used as needle filler
+    ex = needle_example(random.Random(1), 3, filler=prose, passage_chars=150)
+    assert ex.answer in ex.docs[ex.gold[0]]
+
+
+def test_prose_filler_errors(tmp_path: Path) -> None:
+    with pytest.raises(RagsoupError, match="not found"):
+        ProseFiller(tmp_path / "missing.txt")
+    empty = tmp_path / "digits.txt"
+    empty.write_text("In 1900 it rained. On 3 May it snowed.\n", encoding="utf-8")
+    with pytest.raises(RagsoupError, match="no usable"):
+        ProseFiller(empty)
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"text": "Fine."}\nnot json\n', encoding="utf-8")
+    with pytest.raises(RagsoupError, match="bad.jsonl:2"):
+        ProseFiller(bad)
+
+
+def test_sentence_helpers() -> None:
+    assert split_sentences("One. Two? Three! Mr. Smith came.") == ["One.", "Two?", "Three!", "Mr. Smith came."]
+    rng = random.Random(0)
+    seen = set()
+    for _ in range(50):
+        out = insert_sentence(rng, "A b. C d.", "X.")
+        assert out in {"X. A b. C d.", "A b. X. C d.", "A b. C d. X."}
+        seen.add(out)
+    assert len(seen) == 3
+
+
+def test_name_generator_distinct_and_no_substrings() -> None:
+    gen = NameGenerator(forbidden=VOCABULARY)
+    rng = random.Random(0)
+    words = [gen.word(rng) for _ in range(500)]
+    assert len(set(words)) == 500
+    for w in words:
+        assert w not in VOCABULARY and w.isalpha() and w.islower()
+    for i, a in enumerate(words[:150]):
+        for b in words[:150]:
+            assert a == b or a not in b
+    assert not gen.reserve(words[0])
+
+
+# ---------------------------------------------------------------------------
+# Needle and two-hop examples
+# ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("task", TASKS)
+def test_examples_deterministic_per_seed(task: str) -> None:
+    a = _examples(task, 11)
+    b = _examples(task, 11)
+    c = _examples(task, 12)
+    assert a == b
+    assert a != c
+
+
+@pytest.mark.parametrize("task", TASKS)
+@pytest.mark.parametrize("k", [1, 2, 5, 9])
+def test_examples_shape(task: str, k: int) -> None:
+    for ex in _examples(task, k, k=k, n=4):
+        assert len(ex.docs) == k
+        assert ex.gold == sorted(set(ex.gold)) and all(0 <= g < k for g in ex.gold)
+        assert ex.answers[0] == ex.answer
+        assert ex.question.endswith("?")
+        assert all(d.strip() for d in ex.docs)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_needle_answer_in_gold(variant: str) -> None:
+    rng = random.Random(5)
+    for _ in range(20):
+        k = rng.randint(1, 10)
+        ex = needle_example(rng, k, variant=variant, passage_chars=200)
+        key = re.search(r"for (.+)\?$", ex.question).group(1)
+        found = [(i, m.group(1), m.group(2)) for i, d in enumerate(ex.docs) for m in NEEDLE_RE.finditer(d)]
+        asked = [(i, v) for i, kk, v in found if kk == key]
+        assert [i for i, _ in asked] == ex.gold
+        for d in ex.docs:  # only numbers in the haystack are needle values
+            assert set(re.findall(r"\d+", d)) <= {v for _, _, v in found}
+        for _, _, v in found:
+            assert len(v) == 6 and v[0] != "0"
+        if variant == "multivalue":
+            assert ex.question.startswith("What are all the special magic numbers for ")
+            assert ex.answer == ", ".join(v for _, v in asked)
+            assert len(asked) == min(k, 4)
+        else:
+            assert len(ex.gold) == 1 and ex.answer in ex.docs[ex.gold[0]]
+            assert ex.question == f"What is the special magic number for {key}?"
+        n_needles = {"single": 1, "multikey": k, "distractor": 1 + min(k - 1, 3), "multivalue": min(k, 4)}[variant]
+        assert len(found) == n_needles
+        assert len({v for _, _, v in found}) == n_needles  # distinct values
+        if variant in ("multikey", "distractor"):
+            keys = [kk for _, kk, _ in found]
+            assert len(set(keys)) == len(keys)  # distinct keys
+            assert [i for i, _, _ in found] == sorted({i for i, _, _ in found})  # one needle per passage
+
+
+def test_needle_keys_vary_and_avoid_filler_words() -> None:
+    rng = random.Random(0)
+    keys = [re.search(r"for (.+)\?$", needle_example(rng, 1).question).group(1) for _ in range(200)]
+    assert len(set(keys)) > 190
+    assert any(" " in k for k in keys) and any(" " not in k for k in keys)
+    for key in keys:
+        assert not set(key.split()) & VOCABULARY
+
+
+def test_needle_passages_have_similar_length() -> None:
+    ex = needle_example(random.Random(0), 8, variant="distractor", passage_chars=300)
+    assert all(200 <= len(d) <= 420 for d in ex.docs)
+
+
+def test_needle_errors() -> None:
+    with pytest.raises(RagsoupError, match="variant"):
+        needle_example(random.Random(0), 3, variant="nope")
+    with pytest.raises(RagsoupError):
+        needle_example(random.Random(0), 0)
+    with pytest.raises(RagsoupError):
+        needle_example(random.Random(0), 3, passage_chars=0)
+    with pytest.raises(RagsoupError, match="needle-multikey"):
+        generate_example("needles", random.Random(0), 3)
+
+
+def test_twohop_structure() -> None:
+    rng = random.Random(9)
+    for _ in range(20):
+        k = rng.randint(2, 10)
+        ex = twohop_example(rng, k)
+        assert len(ex.docs) == k and len(ex.gold) == 2
+        person = re.match(r"In which country (?:was|does) (\w+ \w+) (?:born|work|live)\?$", ex.question).group(1)
+        person_doc = [i for i, d in enumerate(ex.docs) if person in d]
+        assert len(person_doc) == 1 and person_doc[0] in ex.gold
+        m = re.search(re.escape(person) + r" (?:was born|works|lives) in (\w+)\.", ex.docs[person_doc[0]])
+        city = m.group(1)
+        capital_doc = [i for i in ex.gold if i != person_doc[0]][0]
+        assert re.search(
+            re.escape(city) + r" is (?:the capital of|located in|a city in) " + re.escape(ex.answer) + r"\.",
+            ex.docs[capital_doc],
+        )
+        # the city's country is stated only in the gold passage; the answer appears in it
+        assert ex.answer in ex.docs[capital_doc]
+        assert sum(f"{city} is " in d for d in ex.docs) == 1
+        for d in ex.docs:
+            assert not DIGIT.search(d)
+        if k >= 4:  # distractors carry facts of the same kinds
+            others = [d for i, d in enumerate(ex.docs) if i not in ex.gold]
+            assert any(re.search(r"(?:was born|works|lives) in ", d) for d in others)
+            assert any(re.search(r" is (?:the capital of|located in|a city in) ", d) for d in others)
+
+
+def test_twohop_single_passage() -> None:
+    for seed in range(10):
+        ex = twohop_example(random.Random(seed), 1)
+        assert ex.gold == [0] and len(ex.docs) == 1
+        assert ex.answer in ex.docs[0]
+        assert re.search(r"(?:was born|works|lives) in ", ex.docs[0])
+    with pytest.raises(RagsoupError):
+        twohop_example(random.Random(0), 0)
+
+
+# ---------------------------------------------------------------------------
+# Shared corpora and files
+# ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_needle_corpus(variant: str) -> None:
+    records, queries = make_needle_corpus(60, 8, seed=3, variant=variant, n_values=3)
+    assert (records, queries) == make_needle_corpus(60, 8, seed=3, variant=variant, n_values=3)
+    assert records != make_needle_corpus(60, 8, seed=4, variant=variant, n_values=3)[0]
+    ids = [r["id"] for r in records]
+    assert len(ids) == 60 and len(set(ids)) == 60
+    by_id = {r["id"]: r["text"] for r in records}
+    assert len(queries) == 8 and len({q["question"] for q in queries}) == 8
+    for q in queries:
+        assert q["gold_ids"] and all(g in by_id for g in q["gold_ids"])
+        values = q["answer"].split(", ")
+        assert len(values) == (3 if variant == "multivalue" else 1)
+        for g, v in zip(q["gold_ids"], values):
+            assert v in by_id[g]
+    n_needles = sum(bool(NEEDLE_RE.search(r["text"])) for r in records)
+    expected = {"single": 8, "multikey": 60, "distractor": 8 + 24, "multivalue": 24}[variant]
+    assert n_needles == expected
+    for r in records:
+        assert not DIGIT.search(r["title"])
+
+
+def test_twohop_corpus() -> None:
+    records, queries = make_twohop_corpus(40, 10, seed=1)
+    assert (records, queries) == make_twohop_corpus(40, 10, seed=1)
+    ids = [r["id"] for r in records]
+    assert len(set(ids)) == 40
+    by_id = {r["id"]: r["text"] for r in records}
+    for q in queries:
+        assert len(q["gold_ids"]) == 2 and all(g in by_id for g in q["gold_ids"])
+        assert any(q["answer"] in by_id[g] for g in q["gold_ids"])
+    assert len({q["answer"] for q in queries}) == 10
+    with pytest.raises(RagsoupError):
+        make_twohop_corpus(5, 3, seed=0)
+
+
+def test_corpus_errors() -> None:
+    with pytest.raises(RagsoupError):
+        make_needle_corpus(5, 6, seed=0)
+    with pytest.raises(RagsoupError):
+        make_needle_corpus(10, 3, seed=0, variant="multivalue", n_values=4)
+
+
+def test_write_read_roundtrip(tmp_path: Path) -> None:
+    records, queries = make_needle_corpus(30, 5, seed=0)
+    out = write_corpus(tmp_path / "c", records, queries, {"task": "needle", "seed": 0, "command": "ragsoup x"})
+    assert read_questions(out / "questions.jsonl") == queries
+    assert read_questions(out) == queries
+    assert read_corpus(out / "corpus.jsonl") == records
+    readme = (out / "README.md").read_text(encoding="utf-8")
+    assert "needle" in readme and "ragsoup x" in readme and "seed: 0" in readme
+    assert not list(out.glob("*.tmp")) and not list(out.glob(".*"))
+    with pytest.raises(RagsoupError, match="not in the corpus"):
+        write_corpus(tmp_path / "d", records, [{"question": "q?", "answer": "a", "gold_ids": ["nope"]}], {})
+    with pytest.raises(RagsoupError, match="duplicate"):
+        write_corpus(tmp_path / "d", records + records[:1], [], {})
+
+
+def test_make_corpus_files_identical_per_seed(tmp_path: Path) -> None:
+    a = make_corpus("two-hop", 20, 4, 0, tmp_path / "a")
+    b = make_corpus("two-hop", 20, 4, 0, tmp_path / "b")
+    for name in ("corpus.jsonl", "questions.jsonl", "README.md"):
+        assert (a / name).read_bytes() == (b / name).read_bytes()
+    c = make_corpus("needle", 20, 4, 0, tmp_path / "c", variant="multikey")
+    assert len(read_corpus(c)) == 20 and len(read_questions(c)) == 4
+    d = make_corpus("needle-distractor", 20, 4, 0, tmp_path / "d")
+    assert "variant: distractor" in (d / "README.md").read_text(encoding="utf-8")
+    with pytest.raises(RagsoupError, match="two-hop"):
+        make_corpus("squad", 20, 4, 0, tmp_path / "e")
+    with pytest.raises(RagsoupError, match="variant"):
+        make_corpus("two-hop", 20, 4, 0, tmp_path / "e", variant="multikey")
+    with pytest.raises(RagsoupError, match="implies"):
+        make_corpus("needle-multikey", 20, 4, 0, tmp_path / "e", variant="distractor")
+
+
+def test_read_questions_errors(tmp_path: Path) -> None:
+    with pytest.raises(RagsoupError, match="not found"):
+        read_questions(tmp_path / "missing.jsonl")
+    p = tmp_path / "q.jsonl"
+    p.write_text('{"question": "q", "answer": "a", "gold_ids": []}\n{oops\n', encoding="utf-8")
+    with pytest.raises(RagsoupError, match=r"q\.jsonl:2"):
+        read_questions(p)
+    p.write_text('\n{"question": "q", "answer": "a"}\n', encoding="utf-8")
+    with pytest.raises(RagsoupError, match="gold_ids"):
+        read_questions(p)
+    p.write_text('[1, 2]\n', encoding="utf-8")
+    with pytest.raises(RagsoupError, match="object"):
+        read_questions(p)
+    p.write_text('{"question": "q", "answer": "a", "gold_ids": "x"}\n', encoding="utf-8")
+    with pytest.raises(RagsoupError, match="list"):
+        read_questions(p)
+
+
+# ---------------------------------------------------------------------------
+# SQuAD and HotpotQA
+# ---------------------------------------------------------------------------
+
+
+def _squad_json() -> dict:
+    def para(title: str, j: int) -> dict:
+        ctx = f"{title} paragraph {j} says the answer is {title}-ans-{j}."
+        return {
+            "context": ctx,
+            "qas": [
+                {
+                    "id": f"{title}-{j}-{q}",
+                    "question": f"What does {title} paragraph {j} say ({q})?",
+                    "answers": [
+                        {"text": f"{title}-ans-{j}", "answer_start": ctx.index(f"{title}-ans-{j}")},
+                        {"text": f"{title}-ans-{j}", "answer_start": ctx.index(f"{title}-ans-{j}")},
+                    ],
+                }
+                for q in range(2)
+            ],
+        }
+
+    titles = [f"Article_{c}" for c in "ABCDEFGHIJ"]
+    return {"version": "1.1", "data": [{"title": t, "paragraphs": [para(t, j) for j in range(3)]} for t in titles]}
+
+
+@pytest.mark.parametrize("gz", [False, True])
+def test_load_squad(tmp_path: Path, gz: bool) -> None:
+    path = tmp_path / ("train.json.gz" if gz else "train.json")
+    text = json.dumps(_squad_json())
+    if gz:
+        with gzip.open(path, "wt", encoding="utf-8") as f:
+            f.write(text)
+    else:
+        path.write_text(text, encoding="utf-8")
+    recs = load_squad(path)
+    assert len(recs) == 10 * 3 * 2
+    r = recs[0]
+    assert r["title"] == "Article_A" and r["answers"] == ["Article_A-ans-0"]
+    assert r["context"].startswith("Article_A paragraph 0") and r["question"].endswith("?")
+
+
+def test_load_squad_errors(tmp_path: Path) -> None:
+    with pytest.raises(RagsoupError, match="not found"):
+        load_squad(tmp_path / "nope.json")
+    p = tmp_path / "bad.json"
+    p.write_text("{", encoding="utf-8")
+    with pytest.raises(RagsoupError, match="JSON"):
+        load_squad(p)
+    p.write_text(json.dumps({"data": [{"title": "x", "paragraphs": [{"qas": []}]}]}), encoding="utf-8")
+    with pytest.raises(RagsoupError, match="context"):
+        load_squad(p)
+
+
+def _squad_records(tmp_path: Path) -> list[dict]:
+    path = tmp_path / "s.json"
+    path.write_text(json.dumps(_squad_json()), encoding="utf-8")
+    return load_squad(path)
+
+
+def test_split_by_article(tmp_path: Path) -> None:
+    recs = _squad_records(tmp_path)
+    many = [dict(r, title=f"{r['title']}_{i}") for i in range(30) for r in recs]
+    train, val = split_by_article(many, val_fraction=0.2, seed=0)
+    assert len(train) + len(val) == len(many)
+    t_titles, v_titles = {r["title"] for r in train}, {r["title"] for r in val}
+    assert not t_titles & v_titles
+    assert 0.05 < len(v_titles) / (len(t_titles) + len(v_titles)) < 0.4
+    assert split_by_article(list(reversed(many)), 0.2, 0)[1] == list(reversed(val))  # order independent
+    assert {r["title"] for r in split_by_article(many, 0.2, seed=1)[1]} != v_titles
+    assert split_by_article(many, 0.0)[1] == [] and split_by_article(many, 1.0)[0] == []
+
+
+def test_squad_examples(tmp_path: Path) -> None:
+    recs = _squad_records(tmp_path)
+    exs = list(squad_examples(recs, random.Random(0), k=4, same_article_distractors=1))
+    assert len(exs) == len(recs)
+    assert exs == list(squad_examples(recs, random.Random(0), k=4, same_article_distractors=1))
+    for ex in exs:
+        assert len(ex.docs) == 4 and len(set(ex.docs)) == 4 and len(ex.gold) == 1
+        gold_doc = ex.docs[ex.gold[0]]
+        assert ex.answer in gold_doc
+        article = gold_doc.split(" ")[0]
+        same = [d for i, d in enumerate(ex.docs) if i != ex.gold[0] and d.startswith(article + " ")]
+        assert len(same) == 1
+    # only one article: distractors must all come from it
+    one = [r for r in recs if r["title"] == "Article_A"]
+    ex = next(squad_examples(one, random.Random(0), k=3, same_article_distractors=0))
+    assert len(set(ex.docs)) == 3
+    with pytest.raises(RagsoupError):
+        squad_examples(one, random.Random(0), k=4)
+
+
+HOTPOT = [
+    {
+        "_id": "h1",
+        "question": "Which band formed first, Alpha or Beta?",
+        "answer": "Alpha",
+        "type": "comparison",
+        "level": "easy",
+        "supporting_facts": [["Alpha", 0], ["Beta", 1], ["Alpha", 1]],
+        "context": [
+            ["Gamma", ["Gamma is a lake.", " It is deep."]],
+            ["Alpha", ["Alpha is a band.", " It formed early."]],
+            ["Delta", ["Delta is a river."]],
+            ["Beta", ["Beta is a band.", " It formed late."]],
+            ["Epsilon", ["Epsilon is a town."]],
+        ],
+    },
+    {
+        "_id": "h2",
+        "question": "Is Zeta a city?",
+        "answer": "yes",
+        "supporting_facts": [["Zeta", 0], ["Eta", 0]],
+        "context": [["Zeta", ["Zeta is a city."]], ["Eta", ["Eta is near Zeta."]], ["Theta", ["Theta."]]],
+    },
+]
+
+
+def test_load_hotpot_and_examples(tmp_path: Path) -> None:
+    path = tmp_path / "hotpot_dev_distractor_v1.json"
+    path.write_text(json.dumps(HOTPOT), encoding="utf-8")
+    recs = load_hotpot(path)
+    assert len(recs) == 2
+    exs = list(hotpot_examples(recs, random.Random(0), shuffle_records=False))
+    assert [len(e.docs) for e in exs] == [5, 3]
+    e = exs[0]
+    assert sorted(e.docs[g].split(":")[0] for g in e.gold) == ["Alpha", "Beta"]
+    assert "Alpha: Alpha is a band. It formed early." in e.docs
+    assert e.answer == "Alpha" and exs[1].answer == "yes"
+    for k in (2, 3, 4):
+        for ex in hotpot_examples(recs, random.Random(k), k=k):
+            assert len(ex.docs) == min(k, 5 if ex.question.startswith("Which") else 3)
+            titles = {ex.docs[g].split(":")[0] for g in ex.gold}
+            assert titles in ({"Alpha", "Beta"}, {"Zeta", "Eta"})
+    assert list(hotpot_examples(recs, random.Random(1), k=3)) == list(hotpot_examples(recs, random.Random(1), k=3))
+    with pytest.raises(RagsoupError, match="smaller"):
+        list(hotpot_examples(recs, random.Random(0), k=1))
+
+
+def test_load_hotpot_errors(tmp_path: Path) -> None:
+    p = tmp_path / "h.json"
+    p.write_text(json.dumps({"data": []}), encoding="utf-8")
+    with pytest.raises(RagsoupError, match="list"):
+        load_hotpot(p)
+    p.write_text(json.dumps([{"_id": "x", "question": "q"}]), encoding="utf-8")
+    with pytest.raises(RagsoupError, match="answer"):
+        load_hotpot(p)
