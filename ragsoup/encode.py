@@ -1,0 +1,47 @@
+"""Encoding passages into cached states: batched, right-padded, each passage independent."""
+
+from __future__ import annotations
+
+from typing import Callable, Iterator, Sequence
+
+import torch
+from torch import Tensor
+
+from ragsoup.model import Mamba2LM, States
+from ragsoup.store import flatten_states
+from ragsoup.tokenizer import Tokenizer, passage_ids
+
+
+def pad_batch(seqs: Sequence[list[int]], pad_id: int, device: torch.device | str = "cpu") -> tuple[Tensor, Tensor]:
+    """Right-pad token lists -> (ids [b, L], lengths [b])."""
+    L = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), L), pad_id, dtype=torch.long)
+    for i, s in enumerate(seqs):
+        ids[i, : len(s)] = torch.tensor(s, dtype=torch.long)
+    return ids.to(device), torch.tensor([len(s) for s in seqs], device=device)
+
+
+def encode_token_batch(model: Mamba2LM, seqs: Sequence[list[int]], pad_id: int) -> States:
+    """Final states of each token sequence, encoded independently from the zero state."""
+    ids, lengths = pad_batch(seqs, pad_id, model.device)
+    return model.encode(ids, lengths)
+
+
+def encode_passages(
+    model: Mamba2LM,
+    tok: Tokenizer,
+    texts: Sequence[str],
+    batch_size: int = 16,
+    max_tokens: int = 1024,
+    dtype: torch.dtype = torch.float16,
+    on_batch: Callable[[int], None] | None = None,
+) -> Iterator[tuple[int, Tensor]]:
+    """Yield (start, rows [b, D]) for consecutive batches of passages, rows cast to ``dtype`` on the CPU."""
+    seqs = [passage_ids(tok, t, max_tokens) for t in texts]
+    with torch.inference_mode():
+        for start in range(0, len(seqs), batch_size):
+            batch = seqs[start : start + batch_size]
+            rows = flatten_states(encode_token_batch(model, batch, tok.pad_id))
+            yield start, rows.to("cpu", dtype)
+            if on_batch:
+                on_batch(len(batch))

@@ -1,0 +1,51 @@
+"""Answer quality on examples that carry their own passages (no retrieval): soup or concat."""
+
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import torch
+
+from ragsoup.encode import encode_token_batch
+from ragsoup.generate import batch_states, concat_states, generate
+from ragsoup.metrics import best_em_f1
+from ragsoup.model import Mamba2LM, States
+from ragsoup.soup import pool_states
+from ragsoup.tasks.base import SoupExample
+from ragsoup.tokenizer import Tokenizer, passage_ids
+
+MODES = ("soup", "concat")
+
+
+@torch.inference_mode()
+def soup_state(model: Mamba2LM, tok: Tokenizer, docs: Sequence[str], pool: str = "mean",
+               max_tokens: int = 1024, batch_size: int = 32) -> States:
+    """Encode each passage alone and pool the final states (batch of one)."""
+    seqs = [passage_ids(tok, d, max_tokens) for d in docs]
+    parts = [encode_token_batch(model, seqs[i : i + batch_size], tok.pad_id) for i in range(0, len(seqs), batch_size)]
+    states = parts[0] if len(parts) == 1 else batch_states(parts)
+    return pool_states(states, len(docs), pool)
+
+
+def predict(model: Mamba2LM, tok: Tokenizer, examples: Sequence[SoupExample], mode: str = "soup", pool: str = "mean",
+            batch_size: int = 16, max_new_tokens: int = 32, max_tokens: int = 1024,
+            on_batch: Callable[[int], None] | None = None) -> list[str]:
+    """Greedy answers for each example, reading its docs by souping or by concatenation."""
+    out: list[str] = []
+    for i in range(0, len(examples), batch_size):
+        chunk = examples[i : i + batch_size]
+        if mode == "soup":
+            states = [soup_state(model, tok, ex.docs, pool, max_tokens) for ex in chunk]
+        else:
+            states = [concat_states(model, tok, ex.docs, max_tokens) for ex in chunk]
+        out += generate(model, tok, batch_states(states), [ex.question for ex in chunk], max_new_tokens)
+        if on_batch:
+            on_batch(len(chunk))
+    return out
+
+
+def score(predictions: Sequence[str], examples: Sequence[SoupExample]) -> dict:
+    """EM and F1 in percent (best over each example's accepted answers)."""
+    pairs = [best_em_f1(p, ex.answers) for p, ex in zip(predictions, examples)]
+    n = max(len(pairs), 1)
+    return {"n": len(pairs), "em": 100 * sum(e for e, _ in pairs) / n, "f1": 100 * sum(f for _, f in pairs) / n}

@@ -1,0 +1,61 @@
+"""Decoding answers from (souped) states, and the concatenation baseline's state."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import Tensor
+
+from ragsoup.encode import pad_batch
+from ragsoup.model import LayerState, Mamba2LM, States
+from ragsoup.tokenizer import Tokenizer, passage_ids, prompt_ids
+
+
+def _cast(states: States, dtype: torch.dtype) -> States:
+    return [LayerState(s.conv.to(dtype), s.ssm.to(dtype)) for s in states]
+
+
+@torch.inference_mode()
+def generate(
+    model: Mamba2LM, tok: Tokenizer, states: States, questions: Sequence[str], max_new_tokens: int = 32
+) -> list[str]:
+    """Greedy answers: run `<q> question <a>` from ``states`` (batch = len(questions)), then step to <eos>."""
+    dtype = model.backbone.embedding.weight.dtype
+    states = _cast(states, dtype)
+    ids, lengths = pad_batch([prompt_ids(tok, q) for q in questions], tok.pad_id, model.device)
+    h, states = model.hidden(ids, states, lengths)
+    last = h[torch.arange(len(questions), device=h.device), lengths - 1]  # [b, d]
+    logits = model.lm_head(last)
+    out: list[list[int]] = [[] for _ in questions]
+    done = torch.zeros(len(questions), dtype=torch.bool, device=h.device)
+    for _ in range(max_new_tokens):
+        nxt = logits.argmax(-1)
+        done |= nxt == tok.eos_id
+        for i in torch.nonzero(~done).flatten().tolist():
+            out[i].append(int(nxt[i]))
+        if bool(done.all()):
+            break
+        logits, states = model.step(nxt, states)
+    return [tok.decode(o).strip() for o in out]
+
+
+def concat_ids(tok: Tokenizer, passages: Sequence[str], max_tokens: int = 1024) -> list[int]:
+    """The concatenation baseline's context: p1 <doc> p2 <doc> ... (each passage truncated as when souped)."""
+    ids: list[int] = []
+    for p in passages:
+        ids += passage_ids(tok, p, max_tokens)
+    return ids
+
+
+@torch.inference_mode()
+def concat_states(model: Mamba2LM, tok: Tokenizer, passages: Sequence[str], max_tokens: int = 1024) -> States:
+    """State after reading all passages concatenated (what ordinary RAG re-encodes every query)."""
+    ids = torch.tensor([concat_ids(tok, passages, max_tokens)], device=model.device)
+    return model.encode(ids)
+
+
+def batch_states(states_list: Sequence[States]) -> States:
+    """Stack single-example states into one batch."""
+    return [LayerState(*(torch.cat(t, 0) for t in zip(*layer))) for layer in zip(*states_list)]
+

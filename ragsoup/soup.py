@@ -1,0 +1,102 @@
+"""Souping: pool k passages' states into one, layer by layer and component by component.
+
+Operators (per state component x_1..x_k, e.g. layer 3's ssm state):
+    mean       sum(x) / k                       (the paper's best; the default)
+    sum        sum(x)
+    max        elementwise max
+    sum-norm   sum(x) rescaled to the inputs' mean Frobenius norm
+    norm-mean  mean(x_i / |x_i|) rescaled to the inputs' mean norm
+Two entry points: ``pool_states`` for batched model states (differentiable, used in training) and
+``soup_rows`` for rows read from the state store (fp32 accumulation, bandwidth-bound, used per query).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from ragsoup.errors import RagsoupError
+from ragsoup.model import LayerState, States
+
+POOLS = ("mean", "sum", "max", "sum-norm", "norm-mean")
+_EPS = 1e-8
+
+
+def check_pool(op: str) -> str:
+    """Validate a pooling name (error lists the valid ones)."""
+    if op not in POOLS:
+        raise RagsoupError(f"unknown pooling '{op}': use one of {', '.join(POOLS)}")
+    return op
+
+
+def pool(x: Tensor, op: str) -> Tensor:
+    """Pool x [B, k, N] over k -> [B, N] (computed in at least fp32)."""
+    check_pool(op)
+    x = x if x.dtype in (torch.float32, torch.float64) else x.float()
+    if op == "mean":
+        return x.mean(1)
+    if op == "sum":
+        return x.sum(1)
+    if op == "max":
+        return x.amax(1)
+    norms = x.norm(dim=-1, keepdim=True)  # [B, k, 1]
+    scale = norms.mean(1)  # [B, 1]
+    if op == "sum-norm":
+        s = x.sum(1)
+        return s / (s.norm(dim=-1, keepdim=True) + _EPS) * scale
+    return (x / (norms + _EPS)).mean(1) * scale  # norm-mean
+
+
+def pool_states(states: States, k: int, op: str = "mean") -> States:
+    """States of B*k passages (batch-major: example b's passages are rows b*k .. b*k+k-1) -> B pooled states."""
+    out: States = []
+    for st in states:
+        comps = []
+        for t in st:
+            bk = t.shape[0]
+            pooled = pool(t.reshape(bk // k, k, -1), op)
+            comps.append(pooled.reshape(bk // k, *t.shape[1:]).to(t.dtype))
+        out.append(LayerState(*comps))
+    return out
+
+
+def soup_rows(rows: np.ndarray | Tensor, op: str, segments: list[tuple[int, int]]) -> Tensor:
+    """Pool k flat state rows [k, D] (any float dtype) into one fp32 row [D].
+
+    mean/sum/max stream each row once into an fp32 accumulator (``add_`` / ``maximum``), which is
+    bandwidth-bound, unlike a reduction over an fp16 [k, D] tensor. ``segments`` lists (offset, numel)
+    of each state component, used by the norm-based operators.
+    """
+    check_pool(op)
+    r = torch.from_numpy(np.asarray(rows)) if not isinstance(rows, Tensor) else rows
+    k = r.shape[0]
+    if k == 0:
+        raise RagsoupError("cannot soup zero passages")
+    acc = r[0].to(torch.float32, copy=True)
+    if op in ("mean", "sum"):
+        for i in range(1, k):
+            acc.add_(r[i])
+        return acc.mul_(1.0 / k) if op == "mean" else acc
+    if op == "max":
+        for i in range(1, k):
+            torch.maximum(acc, r[i].float(), out=acc)
+        return acc
+    # norm-based operators, per component
+    norms = torch.stack([r[:, o : o + n].float().norm(dim=1) for o, n in segments], dim=1)  # [k, S]
+    scale = norms.mean(0)  # [S]
+    if op == "norm-mean":
+        w = 1.0 / (norms + _EPS)
+        acc.zero_()
+        for i in range(k):
+            for s, (o, n) in enumerate(segments):
+                acc[o : o + n].add_(r[i, o : o + n], alpha=float(w[i, s]))
+        for s, (o, n) in enumerate(segments):
+            acc[o : o + n].mul_(float(scale[s]) / k)
+        return acc
+    for i in range(1, k):  # sum-norm
+        acc.add_(r[i])
+    for s, (o, n) in enumerate(segments):
+        seg = acc[o : o + n]
+        seg.mul_(float(scale[s]) / (float(seg.norm()) + _EPS))
+    return acc

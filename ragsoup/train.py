@@ -1,0 +1,307 @@
+"""Soup finetuning: one Mamba2 is encoder (each passage alone) and decoder (question -> answer from the pooled state).
+
+One code path covers the paper's ablations: pooling operator, soup vs concat, frozen encoder (decoder-only),
+and a curriculum over the number of passages k. Gradients flow through every passage's encode; each group of
+passages is activation-checkpointed so peak memory stays flat as k grows.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
+
+from ragsoup.checkpoint import load_model, save_checkpoint
+from ragsoup.encode import pad_batch
+from ragsoup.errors import RagsoupError
+from ragsoup.evaluate import predict, score
+from ragsoup.generate import concat_ids
+from ragsoup.model import Mamba2Config, Mamba2LM, States
+from ragsoup.soup import check_pool, pool_states
+from ragsoup.store import flatten_states, unflatten_states
+from ragsoup.tasks import generate_example
+from ragsoup.tasks.base import SoupExample
+from ragsoup.tokenizer import ByteTokenizer, Tokenizer, answer_ids, passage_ids, prompt_ids, train_bpe
+
+
+@dataclass
+class TrainConfig:
+    out: str = "runs/default"
+    tasks: str = "needle:1"  # weighted mix, e.g. "needle:2,needle-distractor:1,two-hop:1"
+    mode: str = "soup"  # soup | concat
+    pool: str = "mean"
+    k_min: int = 1
+    k_max: int = 16
+    k_ramp_steps: int = 0  # curriculum: the largest k grows (log-scale) from k_min to k_max over these steps
+    steps: int = 1000
+    batch_size: int = 8
+    lr: float = 2e-3
+    min_lr_frac: float = 0.1
+    warmup_steps: int = 50
+    weight_decay: float = 0.1
+    grad_clip: float = 1.0
+    seed: int = 0
+    freeze_encoder: bool = False
+    loss_on_question: bool = False
+    ckpt_group: int = 16  # passages per activation-checkpointed encode group; 0 = no checkpointing
+    passage_chars: int = 200
+    max_tokens: int = 512
+    eval_every: int = 250
+    eval_ks: str = "1,4,16"
+    eval_n: int = 32
+    save_every: int = 250
+    init: str | None = None
+    tokenizer: str = "bpe:2048"  # "bytes" or "bpe:VOCAB" (trained on a sample of the task mix)
+    model: dict = field(default_factory=dict)  # Mamba2Config fields (ignored with init)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainConfig":
+        """Build from a dict, ignoring unknown keys."""
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+
+PRESETS: dict[str, dict] = {
+    # the shipped default model (docs/models.md): byte-level, needle + two-hop mix
+    "default": dict(
+        out="runs/default", tasks="needle:3,needle-distractor:2,two-hop:1", k_min=1, k_max=64, k_ramp_steps=2000,
+        steps=3000, batch_size=8, lr=2e-3, warmup_steps=100, passage_chars=200, eval_every=500, eval_ks="1,4,16,64",
+        eval_n=32, save_every=250, ckpt_group=0,
+        model=dict(d_model=256, n_layer=4, d_state=64, headdim=64, expand=2, chunk_size=64),
+    ),
+    # seconds-long smoke run
+    "tiny": dict(
+        out="runs/tiny", tasks="needle:1", k_min=1, k_max=4, steps=20, batch_size=4, lr=3e-3, warmup_steps=2,
+        passage_chars=120, eval_every=10, eval_ks="1,4", eval_n=4, save_every=10,
+        tokenizer="bytes", model=dict(d_model=32, n_layer=2, d_state=16, headdim=16, chunk_size=16),
+    ),
+}
+
+
+def parse_mix(spec: str) -> list[tuple[str, float]]:
+    """'needle:2,two-hop:1' -> [(task, weight)]."""
+    out = []
+    for part in spec.split(","):
+        name, _, w = part.strip().partition(":")
+        try:
+            out.append((name, float(w) if w else 1.0))
+        except ValueError as exc:
+            raise RagsoupError(f"bad task weight in '{part}': use name:weight, e.g. needle:2") from exc
+    if not out or sum(w for _, w in out) <= 0:
+        raise RagsoupError(f"empty task mix '{spec}'")
+    return out
+
+
+def k_for_step(cfg: TrainConfig, rng: random.Random, step: int) -> int:
+    """Number of passages for this step: log-uniform in [k_min, curriculum bound]."""
+    frac = 1.0 if cfg.k_ramp_steps <= 0 else min(1.0, step / cfg.k_ramp_steps)
+    hi = cfg.k_min * (cfg.k_max / cfg.k_min) ** frac
+    return max(cfg.k_min, min(cfg.k_max, int(round(math.exp(rng.uniform(math.log(cfg.k_min), math.log(hi)))))))
+
+
+def make_batch(cfg: TrainConfig, step: int) -> tuple[int, list[SoupExample]]:
+    """The examples of one step, a pure function of (seed, step) so that resuming replays the same data."""
+    rng = random.Random(f"{cfg.seed}:{step}")
+    mix = parse_mix(cfg.tasks)
+    k = k_for_step(cfg, rng, step)
+    names, weights = zip(*mix)
+    batch = [
+        generate_example(rng.choices(names, weights)[0], rng, k, passage_chars=cfg.passage_chars)
+        for _ in range(cfg.batch_size)
+    ]
+    return k, batch
+
+
+def make_tokenizer(cfg: TrainConfig, n_examples: int = 3000) -> Tokenizer:
+    """The tokenizer named by cfg.tokenizer; a BPE is trained on examples drawn from the task mix (seeded)."""
+    if cfg.tokenizer == "bytes":
+        return ByteTokenizer()
+    kind, _, size = cfg.tokenizer.partition(":")
+    if kind != "bpe" or not size.isdigit():
+        raise RagsoupError(f"unknown tokenizer '{cfg.tokenizer}': use bytes or bpe:VOCAB (e.g. bpe:2048)")
+    rng = random.Random(f"tokenizer:{cfg.seed}")
+    names, weights = zip(*parse_mix(cfg.tasks))
+    texts: list[str] = []
+    for _ in range(n_examples):
+        ex = generate_example(rng.choices(names, weights)[0], rng, 4, passage_chars=cfg.passage_chars)
+        texts += ex.docs + [ex.question, ex.answer]
+    return train_bpe(texts, int(size))
+
+
+def lr_at(cfg: TrainConfig, step: int) -> float:
+    """Linear warmup then cosine decay to min_lr_frac * lr."""
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    t = min(1.0, (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps))
+    return cfg.lr * (cfg.min_lr_frac + (1 - cfg.min_lr_frac) * 0.5 * (1 + math.cos(math.pi * t)))
+
+
+def encode_groups(model: Mamba2LM, seqs: list[list[int]], pad_id: int, group: int, grad: bool) -> States:
+    """Encode passages independently, ``group`` at a time, each group activation-checkpointed when training."""
+    rows = []
+    size = group if group > 0 else len(seqs)
+    for i in range(0, len(seqs), size):
+        ids, lengths = pad_batch(seqs[i : i + size], pad_id, model.device)
+        fn = lambda ids, lengths: flatten_states(model.encode(ids, lengths))  # noqa: E731
+        if grad and group > 0:
+            rows.append(checkpoint(fn, ids, lengths, use_reentrant=False))
+        elif grad:
+            rows.append(fn(ids, lengths))
+        else:
+            with torch.no_grad():
+                rows.append(fn(ids, lengths))
+    return unflatten_states(torch.cat(rows, 0), model.cfg)
+
+
+def _decoder_batch(tok: Tokenizer, prefixes: list[list[int]], batch: list[SoupExample], loss_on_question: bool, device):
+    """Inputs, targets and loss mask for `prefix <q> question <a> answer <eos>` sequences."""
+    seqs, starts = [], []
+    for pre, ex in zip(prefixes, batch):
+        prompt = pre + prompt_ids(tok, ex.question)
+        seqs.append(prompt + answer_ids(tok, ex.answer))
+        starts.append(len(pre) if loss_on_question else len(prompt) - 1)
+    ids, lengths = pad_batch(seqs, tok.pad_id, device)
+    inp, tgt = ids[:, :-1], ids[:, 1:]
+    pos = torch.arange(inp.size(1), device=device)[None]
+    mask = (pos >= torch.tensor(starts, device=device)[:, None]) & (pos < (lengths - 1)[:, None])
+    return inp, tgt, mask
+
+
+def loss_on_batch(model: Mamba2LM, tok: Tokenizer, cfg: TrainConfig, k: int, batch: list[SoupExample]) -> tuple[torch.Tensor, int]:
+    """Mean answer-token cross-entropy of one batch, and the number of tokens processed."""
+    dev = model.device
+    if cfg.mode == "soup":
+        seqs = [passage_ids(tok, d, cfg.max_tokens) for ex in batch for d in ex.docs]
+        states = encode_groups(model, seqs, tok.pad_id, cfg.ckpt_group, grad=not cfg.freeze_encoder)
+        pooled = pool_states(states, k, cfg.pool)
+        inp, tgt, mask = _decoder_batch(tok, [[] for _ in batch], batch, cfg.loss_on_question, dev)
+        logits, _ = model(inp, pooled)
+        n_tok = sum(len(s) for s in seqs) + inp.numel()
+    else:
+        prefixes = [concat_ids(tok, ex.docs, cfg.max_tokens) for ex in batch]
+        inp, tgt, mask = _decoder_batch(tok, prefixes, batch, cfg.loss_on_question, dev)
+        logits, _ = model(inp)
+        n_tok = inp.numel()
+    ce = F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), tgt.reshape(-1), reduction="none")
+    m = mask.reshape(-1).float()
+    return (ce * m).sum() / m.sum().clamp(min=1), n_tok
+
+
+def eval_sets(cfg: TrainConfig) -> dict[int, list[SoupExample]]:
+    """Held-out examples per k (seeds disjoint from training's)."""
+    out = {}
+    for k in [int(x) for x in cfg.eval_ks.split(",") if x.strip()]:
+        rng = random.Random(f"eval:{cfg.seed}:{k}")
+        names, weights = zip(*parse_mix(cfg.tasks))
+        out[k] = [generate_example(rng.choices(names, weights)[0], rng, k, passage_chars=cfg.passage_chars)
+                  for _ in range(cfg.eval_n)]
+    return out
+
+
+def run_eval(model: Mamba2LM, tok: Tokenizer, cfg: TrainConfig, sets: dict[int, list[SoupExample]]) -> dict[str, float]:
+    """EM per k on the held-out sets."""
+    model.eval()
+    res = {}
+    for k, exs in sets.items():
+        res[f"em@{k}"] = score(predict(model, tok, exs, cfg.mode, cfg.pool, max_tokens=cfg.max_tokens), exs)["em"]
+    model.train()
+    return res
+
+
+Log = Callable[[dict], None]
+
+
+def train(cfg: TrainConfig, resume: bool = False, on_log: Log | None = None, device: str = "cpu") -> Path:
+    """Train (or resume) per ``cfg``; writes checkpoints and log.jsonl under cfg.out; returns the final checkpoint."""
+    check_pool(cfg.pool)
+    if cfg.mode not in ("soup", "concat"):
+        raise RagsoupError(f"unknown mode '{cfg.mode}': use soup or concat")
+    if not 1 <= cfg.k_min <= cfg.k_max:
+        raise RagsoupError(f"need 1 <= --k-min <= --k-max (got {cfg.k_min}, {cfg.k_max})")
+    parse_mix(cfg.tasks)
+    out = Path(cfg.out)
+    state_path = out / "trainer.pt"
+    torch.manual_seed(cfg.seed)
+    if resume:
+        if not state_path.exists():
+            raise RagsoupError(f"nothing to resume in {out}: no trainer.pt (train without --resume first)")
+        loaded = load_model(out / "last", device)
+        model, tok = loaded.model, loaded.tokenizer
+    elif cfg.init:
+        loaded = load_model(cfg.init, device)
+        model, tok = loaded.model, loaded.tokenizer
+    else:
+        tok = make_tokenizer(cfg)
+        mcfg = Mamba2Config.from_dict({**cfg.model, "vocab_size": -(-tok.vocab_size // 8) * 8})
+        model = Mamba2LM(mcfg).to(device)
+    model.train()
+    decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
+    no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
+    opt = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=cfg.lr, betas=(0.9, 0.95),
+    )
+    step = 0
+    if resume:
+        st = torch.load(state_path, map_location=device, weights_only=False)
+        opt.load_state_dict(st["opt"])
+        step = st["step"]
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "train_config.json").write_text(json.dumps(asdict(cfg), indent=2))
+    sets = eval_sets(cfg) if cfg.eval_every > 0 else {}
+    logf = open(out / "log.jsonl", "a")
+
+    def log(rec: dict) -> None:
+        logf.write(json.dumps(rec) + "\n")
+        logf.flush()
+        if on_log:
+            on_log(rec)
+
+    use_amp = torch.device(device).type == "cuda"
+    t_last, ex_acc, tok_acc = time.perf_counter(), 0, 0
+    try:
+        while step < cfg.steps:
+            k, batch = make_batch(cfg, step)
+            for g in opt.param_groups:
+                g["lr"] = lr_at(cfg, step)
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_amp):
+                loss, n_tok = loss_on_batch(model, tok, cfg, k, batch)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            opt.step()
+            step += 1
+            ex_acc += len(batch)
+            tok_acc += n_tok
+            now = time.perf_counter()
+            rec = {"step": step, "loss": round(loss.item(), 5), "k": k, "lr": opt.param_groups[0]["lr"],
+                   "grad_norm": round(float(gnorm), 4), "ex_per_s": round(ex_acc / (now - t_last), 2),
+                   "tok_per_s": round(tok_acc / (now - t_last), 1)}
+            t_last, ex_acc, tok_acc = now, 0, 0
+            if cfg.eval_every > 0 and (step % cfg.eval_every == 0 or step == cfg.steps):
+                rec["eval"] = run_eval(model, tok, cfg, sets)
+                t_last = time.perf_counter()
+            log(rec)
+            if step % cfg.save_every == 0 or step == cfg.steps:
+                _save(model, tok, opt, cfg, step, out)
+                t_last = time.perf_counter()
+    finally:
+        logf.close()
+    return out / "last"
+
+
+def _save(model: Mamba2LM, tok: Tokenizer, opt, cfg: TrainConfig, step: int, out: Path) -> None:
+    """Checkpoint the model (out/last) and the optimizer/step (out/trainer.pt), each atomically."""
+    save_checkpoint(model, tok, out / "last", meta={"train": {"step": step, "tasks": cfg.tasks, "mode": cfg.mode,
+                                                             "pool": cfg.pool, "k_max": cfg.k_max, "seed": cfg.seed}})
+    tmp = out / ".trainer.pt.tmp"
+    torch.save({"opt": opt.state_dict(), "step": step, "config": asdict(cfg)}, tmp)
+    tmp.replace(out / "trainer.pt")
