@@ -257,6 +257,7 @@ def train(cfg: TrainConfig, resume: bool = False, on_log: Log | None = None, dev
     out.mkdir(parents=True, exist_ok=True)
     (out / "train_config.json").write_text(json.dumps(asdict(cfg), indent=2))
     sets = eval_sets(cfg) if cfg.eval_every > 0 else {}
+    _truncate_log(out / "log.jsonl", step)  # a resumed run replays the steps after its checkpoint
     logf = open(out / "log.jsonl", "a")
 
     def log(rec: dict) -> None:
@@ -298,10 +299,20 @@ def train(cfg: TrainConfig, resume: bool = False, on_log: Log | None = None, dev
     return out / "last"
 
 
+def _truncate_log(path: Path, step: int) -> None:
+    """Drop log records after ``step`` (left by a run that stopped after its last checkpoint)."""
+    if not path.exists():
+        return
+    keep = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
+    path.write_text("".join(line + "\n" for line in keep))
+
+
 def _save(model: Mamba2LM, tok: Tokenizer, opt, cfg: TrainConfig, step: int, out: Path) -> None:
     """Checkpoint the model (out/last) and the optimizer/step (out/trainer.pt), each atomically."""
     save_checkpoint(model, tok, out / "last", meta={"train": {"step": step, "tasks": cfg.tasks, "mode": cfg.mode,
-                                                             "pool": cfg.pool, "k_max": cfg.k_max, "seed": cfg.seed}})
+                                                             "pool": cfg.pool, "k_max": cfg.k_max, "seed": cfg.seed,
+                                                             "passage_chars": cfg.passage_chars,
+                                                             "max_tokens": cfg.max_tokens}})
     tmp = out / ".trainer.pt.tmp"
     torch.save({"opt": opt.state_dict(), "step": step, "config": asdict(cfg)}, tmp)
     tmp.replace(out / "trainer.pt")

@@ -23,7 +23,8 @@ QUESTIONS_FILE = "questions.jsonl"
 README_FILE = "README.md"
 CORPUS_KEYS = ("id", "title", "text")
 QUESTION_KEYS = ("question", "answer", "gold_ids")
-CORPUS_TASKS: tuple[str, ...] = ("needle", "needle-multikey", "needle-distractor", "needle-multivalue", "two-hop")
+CORPUS_TASKS: tuple[str, ...] = ("needle", "needle-multikey", "needle-distractor", "needle-multivalue", "two-hop", "demo")
+DEMO_TWOHOP_FRACTION = 0.25  # share of the demo corpus (passages and questions) that is two-hop facts
 
 
 def _atomic_write(path: Path, text: str) -> None:
@@ -183,7 +184,12 @@ def make_corpus(
     if passage_chars is not None:
         kwargs["passage_chars"] = passage_chars
     meta: dict[str, Any] = {"task": task}
-    if task == "two-hop":
+    if task == "demo":  # fictional facts (two-hop) + needles in one corpus
+        n_th, q_th = int(n_passages * DEMO_TWOHOP_FRACTION), int(n_queries * DEMO_TWOHOP_FRACTION)
+        rec_n, qs_n = make_needle_corpus(n_passages - n_th, n_queries - q_th, seed, variant=variant, **kwargs)
+        rec_t, qs_t = make_twohop_corpus(n_th, q_th, seed + 1, **kwargs) if n_th else ([], [])
+        records, questions = rec_n + rec_t, qs_n + qs_t
+    elif task == "two-hop":
         if variant != "single":
             raise RagsoupError(f"task 'two-hop' has no variants; got variant={variant!r}")
         records, questions = make_twohop_corpus(n_passages, n_queries, seed, **kwargs)

@@ -1,0 +1,98 @@
+"""Answering questions: retrieve top-k, read their cached states, soup them, decode from the soup."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from ragsoup.device import pick_device
+from ragsoup.checkpoint import Loaded, load_model
+from ragsoup.errors import RagsoupError
+from ragsoup.generate import generate
+from ragsoup.indexdir import DEFAULT_INDEX, read_manifest, read_passages
+from ragsoup.retrieve import get_embedder, load_index, search
+from ragsoup.soup import check_pool, soup_rows
+from ragsoup.store import StateStore, segments, unflatten_states
+
+
+@dataclass
+class AskResult:
+    question: str
+    answer: str
+    k: int
+    pool: str
+    passages: list[dict]
+    timings_ms: dict
+    notices: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict:
+        """The `ask --json` object."""
+        d = asdict(self)
+        d["passages"] = [{"id": p["id"], "score": p["score"], "text": p["text"]} for p in self.passages]
+        d.pop("notices")
+        return d
+
+
+class Engine:
+    """A loaded index + model, ready to answer questions (load once, ask many times)."""
+
+    def __init__(self, index_dir: str | Path | None = None, model: str | Path | None = None, device: str = "auto") -> None:
+        self.index_dir = Path(index_dir) if index_dir else DEFAULT_INDEX
+        if index_dir is None and not (self.index_dir / "manifest.json").exists():
+            raise RagsoupError(
+                f"no index at {self.index_dir}: build the demo one with `ragsoup index corpora/demo` or pass --index DIR"
+            )
+        self.manifest = m = read_manifest(self.index_dir)
+        self.device = pick_device(device)
+        self.loaded: Loaded = load_model(model if model is not None else m.model, device=self.device)
+        if self.loaded.fingerprint != m.model_fingerprint:
+            raise RagsoupError(
+                f"index {self.index_dir} was built with model {m.model_fingerprint} but model {self.loaded.fingerprint} "
+                f"({self.loaded.path}) is loaded: rebuild with `ragsoup index CORPUS --model {self.loaded.path}` or drop --model"
+            )
+        data = self.index_dir / m.data_dir
+        self.passages = read_passages(data / "passages.jsonl")
+        self.faiss = load_index(data / "faiss.index")
+        self.store = StateStore(data / "states.npy", m.state_numel, m.state_dtype)
+        if not (len(self.passages) == self.faiss.ntotal == len(self.store) == m.n_passages):
+            raise RagsoupError(f"index {self.index_dir} is inconsistent (row counts differ): rebuild it with `ragsoup index`")
+        self.embedder = get_embedder(m.embedder, self.device)
+        self.segments = segments(self.loaded.model.cfg)
+
+    def ask(self, question: str, k: int = 5, pool: str = "mean", max_new_tokens: int = 32) -> AskResult:
+        """Answer one question from the soup of its top-k passages' states."""
+        question = question.strip()
+        if not question:
+            raise RagsoupError("the question is empty: ask something, e.g. ragsoup ask \"What is ...?\"")
+        if k <= 0:
+            raise RagsoupError(f"--k must be at least 1 (got {k})")
+        check_pool(pool)
+        notices = []
+        if k > len(self.passages):
+            notices.append(f"k={k} is more than the {len(self.passages)} passages in the index; using k={len(self.passages)}")
+            k = len(self.passages)
+        t0 = time.perf_counter()
+        q = self.embedder.encode([question])
+        scores, rows = search(self.faiss, q, k)
+        rows, scores = rows[0].tolist(), scores[0].tolist()
+        t1 = time.perf_counter()
+        raw = self.store.read(sorted(rows))  # the k rows, read in file order
+        t2 = time.perf_counter()
+        souped = soup_rows(raw, pool, self.segments).to(self.device)
+        states = unflatten_states(souped[None], self.loaded.model.cfg)
+        if self.device == "cuda":
+            torch.cuda.synchronize()
+        t3 = time.perf_counter()
+        answer = generate(self.loaded.model, self.loaded.tokenizer, states, [question], max_new_tokens)[0]
+        t4 = time.perf_counter()
+        passages = [
+            {"id": self.passages[r].id, "score": round(float(s), 4), "text": self.passages[r].text,
+             "title": self.passages[r].title, "source": self.passages[r].source}
+            for r, s in zip(rows, scores)
+        ]
+        ms = lambda a, b: round((b - a) * 1000, 3)  # noqa: E731
+        timings = {"retrieve": ms(t0, t1), "load": ms(t1, t2), "soup": ms(t2, t3), "decode": ms(t3, t4), "total": ms(t0, t4)}
+        return AskResult(question, answer, k, pool, passages, timings, notices)

@@ -1,0 +1,664 @@
+"""Benchmarks: answer quality without retrieval (`eval`) and the retrieval + soup vs concat sweep (`bench`).
+
+``run_eval`` scores examples that carry their own gold + distractor passages (SQuAD, HotpotQA or a
+generated task), so answer quality is measured alone. ``run_bench`` indexes a generated corpus with the
+same code path as ``ragsoup index`` and sends every query through the real pipeline for each k and mode:
+
+    soup    Engine.ask: embed + FAISS top-k -> read k cached state rows -> pool -> decode
+    concat  the same retrieval -> re-encode the k passages concatenated (retrieval order) -> decode
+
+and reports EM/F1, recall@k, latency percentiles per stage, peak memory and the bytes of state read per
+query, next to the machine's copy bandwidth (the lower bound on reading those bytes).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import random
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from ragsoup.errors import RagsoupError
+
+# --------------------------------------------------------------------------------------------------------------
+# shared helpers
+# --------------------------------------------------------------------------------------------------------------
+
+DEFAULT_PASSAGE_CHARS = 200
+EVAL_FILE_TASKS = ("squad", "hotpotqa")
+EVAL_GENERATED_TASKS = ("needle", "needle-multikey", "needle-distractor", "needle-multivalue", "two-hop")
+EVAL_TASKS = EVAL_FILE_TASKS + EVAL_GENERATED_TASKS
+BENCH_TASKS = ("needle", "needle-multikey", "needle-distractor", "two-hop")
+MODES = ("soup", "concat")
+
+
+def model_info(model: str | Path | None) -> tuple[Path, str, dict]:
+    """(checkpoint directory, fingerprint, config.json meta) without loading the weights."""
+    from ragsoup.checkpoint import fingerprint, resolve_model_path
+
+    path = resolve_model_path(model)
+    try:
+        conf = json.loads((path / "config.json").read_text())
+        fp = fingerprint(path)
+    except (OSError, ValueError) as exc:
+        raise RagsoupError(f"cannot read model {path}: {exc}") from exc
+    meta = {k: v for k, v in conf.items() if k not in ("model", "format")} if isinstance(conf, dict) else {}
+    return path, fp, meta
+
+
+def trained_passage_chars(meta: dict) -> int:
+    """The passage length the model was trained on (``train.passage_chars`` in its meta), else 200."""
+    train = meta.get("train") if isinstance(meta, dict) else None
+    value = train.get("passage_chars") if isinstance(train, dict) else None
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else DEFAULT_PASSAGE_CHARS
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """The q-th percentile (linear interpolation); NaN for no values."""
+    return float(np.percentile(np.asarray(values, dtype=np.float64), q)) if len(values) else float("nan")
+
+
+def set_threads(threads: int | None) -> None:
+    """Set torch's CPU threads (None: leave torch's choice; 1 avoids OpenMP stalls on a busy machine)."""
+    import torch
+
+    _check_positive("--threads", threads)
+    if threads:
+        torch.set_num_threads(threads)
+
+
+def _check_positive(name: str, value: int | None) -> None:
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+        raise RagsoupError(f"{name} must be at least 1 (got {value})")
+
+
+# --------------------------------------------------------------------------------------------------------------
+# eval: answer quality on examples that carry their own passages
+# --------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class EvalResult:
+    task: str
+    mode: str
+    k: int
+    n: int
+    em: float
+    f1: float
+
+    def to_json(self) -> dict:
+        """The `eval --json` object."""
+        return asdict(self)
+
+
+def _examples_from_corpus_dir(data: Path, rng: random.Random, k: int, limit: int | None) -> list:
+    """Examples from a make-corpus directory (or its questions.jsonl): gold passages + random distractors."""
+    from ragsoup.tasks.base import SoupExample, shuffle_with_gold
+    from ragsoup.tasks.files import CORPUS_FILE, read_corpus, read_questions
+
+    questions = read_questions(data)
+    corpus_path = data if data.is_dir() else data.parent / CORPUS_FILE
+    records = read_corpus(corpus_path)
+    text_of = {r["id"]: r["text"] for r in records}
+    ids = list(text_of)
+    out = []
+    for i, q in enumerate(questions[: limit if limit is not None else len(questions)]):
+        gold_ids = list(dict.fromkeys(q["gold_ids"]))
+        unknown = [g for g in gold_ids if g not in text_of]
+        if unknown:
+            raise RagsoupError(f"{data}: question {i} cites gold id(s) not in {corpus_path}: {', '.join(unknown)}")
+        if k < len(gold_ids):
+            raise RagsoupError(f"--k {k} is smaller than the {len(gold_ids)} gold passages of question {i}: raise --k")
+        gold_set = set(gold_ids)
+        others = [j for j in ids if j not in gold_set]
+        n_other = min(k - len(gold_ids), len(others))
+        docs = [text_of[g] for g in gold_ids] + [text_of[j] for j in rng.sample(others, n_other)]
+        docs, gold = shuffle_with_gold(rng, docs, range(len(gold_ids)))
+        out.append(SoupExample(docs=docs, question=q["question"], answer=q["answer"], gold=gold))
+    return out
+
+
+def eval_examples(task: str, data: str | Path | None, k: int, limit: int | None, seed: int,
+                  passage_chars: int = DEFAULT_PASSAGE_CHARS) -> list:
+    """The SoupExamples `eval` scores: from a SQuAD/HotpotQA file, a make-corpus directory, or generated."""
+    from ragsoup.tasks import generate_example
+
+    if task not in EVAL_TASKS:
+        raise RagsoupError(f"unknown task '{task}': use one of {', '.join(EVAL_TASKS)}")
+    _check_positive("--k", k)
+    _check_positive("--limit", limit)
+    rng = random.Random(seed)
+    if task in EVAL_FILE_TASKS:
+        if data is None:
+            raise RagsoupError(f"--task {task} needs --data FILE (the original {task} JSON)")
+        path = Path(data)
+        if not path.exists():
+            raise RagsoupError(f"--data file not found: {path}")
+        if task == "squad":
+            from ragsoup.tasks.squad import load_squad, squad_examples
+
+            it = squad_examples(load_squad(path), rng, k)
+        else:
+            from ragsoup.tasks.hotpot import hotpot_examples, load_hotpot
+
+            it = hotpot_examples(load_hotpot(path), rng, k)
+        out = []
+        for ex in it:
+            if limit is not None and len(out) >= limit:
+                break
+            out.append(ex)
+        if not out:
+            raise RagsoupError(f"{path}: no answerable {task} questions found")
+        return out
+    if data is not None:
+        path = Path(data)
+        if not path.exists():
+            raise RagsoupError(f"--data file not found: {path}")
+        return _examples_from_corpus_dir(path, rng, k, limit)
+    n = limit if limit is not None else 200
+    return [generate_example(task, rng, k, passage_chars=passage_chars) for _ in range(n)]
+
+
+def run_eval(task: str, data: str | Path | None = None, k: int = 5, mode: str = "soup", pool: str = "mean",
+             limit: int | None = None, model: str | Path | None = None, seed: int = 0, device: str = "auto",
+             batch_size: int = 8, max_new_tokens: int = 32, max_tokens: int = 1024,
+             on_start: Callable[[int], None] | None = None,
+             on_batch: Callable[[int], None] | None = None) -> EvalResult:
+    """Predict and score `task` examples (gold + distractor passages given, no retrieval); EM/F1 in percent."""
+    from ragsoup.checkpoint import load_model
+    from ragsoup.device import pick_device
+    from ragsoup.evaluate import predict, score
+    from ragsoup.soup import check_pool
+
+    if mode not in MODES:
+        raise RagsoupError(f"unknown mode '{mode}': use soup or concat")
+    check_pool(pool)
+    _check_positive("--batch-size", batch_size)
+    if task not in EVAL_TASKS:  # before loading anything
+        raise RagsoupError(f"unknown task '{task}': use one of {', '.join(EVAL_TASKS)}")
+    passage_chars = DEFAULT_PASSAGE_CHARS
+    if task in EVAL_GENERATED_TASKS and data is None:
+        passage_chars = trained_passage_chars(model_info(model)[2])
+    examples = eval_examples(task, data, k, limit, seed, passage_chars)
+    loaded = load_model(model, device=pick_device(device))
+    if on_start:
+        on_start(len(examples))
+    preds = predict(loaded.model, loaded.tokenizer, examples, mode=mode, pool=pool, batch_size=batch_size,
+                    max_new_tokens=max_new_tokens, max_tokens=max_tokens, on_batch=on_batch)
+    s = score(preds, examples)
+    return EvalResult(task=task, mode=mode, k=k, n=s["n"], em=s["em"], f1=s["f1"])
+
+
+# --------------------------------------------------------------------------------------------------------------
+# bench: memory bandwidth and peak memory
+# --------------------------------------------------------------------------------------------------------------
+
+
+def measure_bandwidth(nbytes: int = 256 << 20, repeats: int = 5) -> float:
+    """Plain large-array copy rate in GB/s (bytes copied / best time of ``repeats``)."""
+    n = max(nbytes // 8, 1)
+    src = np.ones(n, dtype=np.float64)
+    dst = np.zeros(n, dtype=np.float64)  # both touched: no page faults inside the timed copies
+    best = math.inf
+    for _ in range(max(repeats, 1)):
+        t = time.perf_counter()
+        np.copyto(dst, src)
+        best = min(best, time.perf_counter() - t)
+    del src, dst
+    return n * 8 / best / 1e9
+
+
+def _status_kb(field_name: str) -> int | None:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(field_name + ":"):
+                    return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def _rss_bytes() -> int | None:
+    try:
+        import os
+
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+class PeakMemory:
+    """Peak resident set size over a block: resets VmHWM via /proc/self/clear_refs, else samples statm."""
+
+    def __init__(self, interval_s: float = 0.005) -> None:
+        self.interval_s = interval_s
+        self.start_bytes: int | None = None
+        self.peak_bytes: int | None = None
+        self._hwm = False
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def __enter__(self) -> "PeakMemory":
+        self.start_bytes = _rss_bytes()
+        try:
+            with open("/proc/self/clear_refs", "w") as f:
+                f.write("5")  # reset the peak RSS (VmHWM) to the current RSS
+            self._hwm = _status_kb("VmHWM") is not None
+        except OSError:
+            self._hwm = False
+        if not self._hwm:
+            self.peak_bytes = self.start_bytes or 0
+            self._thread = threading.Thread(target=self._sample, daemon=True)
+            self._thread.start()
+        return self
+
+    def _sample(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            rss = _rss_bytes()
+            if rss is not None and rss > (self.peak_bytes or 0):
+                self.peak_bytes = rss
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._hwm:
+            hwm = _status_kb("VmHWM")
+            self.peak_bytes = hwm * 1024 if hwm is not None else None
+        else:
+            self._stop.set()
+            if self._thread:
+                self._thread.join()
+            rss = _rss_bytes()
+            if rss is not None and rss > (self.peak_bytes or 0):
+                self.peak_bytes = rss
+
+    @property
+    def peak_mb(self) -> float | None:
+        """Peak RSS during the block in MiB."""
+        return None if self.peak_bytes is None else self.peak_bytes / 2**20
+
+    @property
+    def growth_mb(self) -> float | None:
+        """Peak RSS during the block minus RSS at its start, in MiB."""
+        if self.peak_bytes is None or self.start_bytes is None:
+            return None
+        return max(self.peak_bytes - self.start_bytes, 0) / 2**20
+
+
+# --------------------------------------------------------------------------------------------------------------
+# bench: corpus + index (cached), queries through the real pipeline
+# --------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class BenchConfig:
+    task: str = "needle"
+    k_max: int = 256
+    modes: tuple[str, ...] = ("soup", "concat")
+    pool: str = "mean"
+    queries: int = 100
+    passages: int = 4096
+    model: str | None = None
+    seed: int = 0
+    device: str = "auto"
+    concat_max_k: int | None = None  # default: k_max
+    concat_queries: int | None = None  # default: min(queries, 20)
+    warmup: int = 2  # untimed queries per (mode, k) before timing
+    max_new_tokens: int = 32
+    cache_dir: str | None = None  # default: .bench/<task>-<passages>-<seed>-<model fingerprint>
+    batch_size: int = 16
+    bandwidth_bytes: int = 256 << 20
+
+    @classmethod
+    def quick(cls, **overrides: Any) -> "BenchConfig":
+        """About a minute on a 2-core CPU: 256 passages, 16 queries, k up to 16."""
+        base = dict(passages=256, queries=16, k_max=16, warmup=2, bandwidth_bytes=128 << 20)
+        return cls(**{**base, **{k: v for k, v in overrides.items() if v is not None}})
+
+
+@dataclass
+class BenchRow:
+    mode: str
+    k: int
+    pool: str | None
+    n_queries: int
+    em: float
+    f1: float
+    recall_at_k: float
+    recall_all_at_k: float
+    latency_ms_p50: float
+    latency_ms_p95: float
+    stages_ms_p50: dict
+    peak_mem_mb: float | None
+    peak_mem_growth_mb: float | None
+    state_bytes_read: int
+    bandwidth_bound_ms: float | None = None  # soup: state_bytes_read / copy bandwidth
+    load_soup_ms_p50: float | None = None  # soup: measured read + pool time
+
+
+@dataclass
+class BenchResult:
+    task: str
+    model: str
+    model_fingerprint: str
+    device: str
+    bandwidth_gbps: float
+    threads: int  # torch CPU threads
+    n_passages: int
+    passage_chars: int
+    index_dir: str
+    index_seconds: float  # 0 when the cached index was reused
+    rows: list[BenchRow] = field(default_factory=list)
+
+    def to_json(self) -> dict:
+        """The `bench --json` object (and results.json)."""
+        return asdict(self)
+
+
+Progress = Callable[[str, int, int], None]  # (label, done, total)
+
+
+def sweep_ks(k_max: int, n_passages: int | None = None) -> list[int]:
+    """Powers of two from 1 up to k_max (k_max itself added when it is not one), capped at n_passages."""
+    _check_positive("--k", k_max)
+    top = min(k_max, n_passages) if n_passages else k_max
+    ks, k = [], 1
+    while k <= top:
+        ks.append(k)
+        k *= 2
+    if ks[-1] != top:
+        ks.append(top)
+    return ks
+
+
+def _norm_text(s: str) -> str:
+    return " ".join(s.split())
+
+
+def prepare_index(cfg: BenchConfig, progress: Progress | None = None) -> tuple[Path, list[dict], dict, float]:
+    """Generate the corpus and index it like `ragsoup index` into the cache dir (reused when it matches).
+
+    Returns (index dir, questions, record id -> text, seconds spent building; 0 when reused).
+    """
+    from ragsoup.indexdir import read_manifest
+    from ragsoup.tasks.files import CORPUS_FILE, make_corpus, read_corpus, read_questions
+
+    path, fp, meta = model_info(cfg.model)
+    passage_chars = trained_passage_chars(meta)
+    cache = Path(cfg.cache_dir) if cfg.cache_dir else Path(".bench") / f"{cfg.task}-{cfg.passages}-{cfg.seed}-{fp}"
+    corpus_dir, index_dir = cache / "corpus", cache / "index"
+    per_q = 2 if cfg.task == "two-hop" else 1
+    # a fixed number of questions per corpus (1 in 8 passages), so --queries does not change the corpus
+    corpus_queries = max(cfg.queries, cfg.passages // 8)
+    if corpus_queries * per_q > cfg.passages:
+        raise RagsoupError(f"--queries {cfg.queries} needs {cfg.queries * per_q} gold passages but --passages is "
+                           f"{cfg.passages}: raise --passages or lower --queries")
+    params = {"task": cfg.task, "passages": cfg.passages, "corpus_queries": corpus_queries, "seed": cfg.seed,
+              "passage_chars": passage_chars, "model_fingerprint": fp}
+    stamp = cache / "bench.json"
+    reuse = False
+    if (index_dir / "manifest.json").exists() and stamp.exists():
+        try:
+            reuse = json.loads(stamp.read_text()) == params and read_manifest(index_dir).model_fingerprint == fp
+        except (OSError, ValueError, RagsoupError):
+            reuse = False
+    seconds = 0.0
+    if not reuse:
+        from ragsoup.build import build_index
+
+        t0 = time.perf_counter()
+        cache.mkdir(parents=True, exist_ok=True)
+        stamp.unlink(missing_ok=True)
+        make_corpus(cfg.task, cfg.passages, corpus_queries, cfg.seed, corpus_dir, passage_chars=passage_chars,
+                    command=f"ragsoup bench --task {cfg.task} --passages {cfg.passages} (seed {cfg.seed})")
+
+        def on_build(stage: str, done: int, total: int) -> None:
+            if progress:
+                progress({"embed": "embedding", "encode": "state encoding"}.get(stage, stage), done, total)
+
+        build_index(corpus_dir / CORPUS_FILE, index_dir, model=str(path), batch_size=cfg.batch_size,
+                    device=cfg.device, chunk_chars=max(600, 2 * passage_chars + 100),
+                    progress=on_build if progress else None)
+        stamp.write_text(json.dumps(params, indent=2) + "\n")
+        seconds = time.perf_counter() - t0
+    questions = read_questions(corpus_dir)[: cfg.queries]
+    records = read_corpus(corpus_dir)
+    return index_dir, questions, {r["id"]: r["text"] for r in records}, seconds
+
+
+def _gold_rows(engine: Any, questions: list[dict], text_of: dict[str, str]) -> list[set[str]]:
+    """Each question's gold passages as index passage ids (the record's id, else matched by text)."""
+    id_of_text: dict[str, str] = {}
+    known: set[str] = set()
+    for p in engine.passages:
+        id_of_text.setdefault(_norm_text(p.text), p.id)
+        known.add(p.id)
+    out = []
+    for q in questions:
+        ids = set()
+        for g in q["gold_ids"]:
+            pid = g if g in known else id_of_text.get(_norm_text(text_of[g]))
+            if pid is None:
+                raise RagsoupError(f"gold passage {g} is not in the bench index (was it chunked?): delete the "
+                                   f"bench cache dir and run again")
+            ids.add(pid)
+        out.append(ids)
+    return out
+
+
+def _sync(device: str) -> None:
+    if device == "cuda":
+        import torch
+
+        torch.cuda.synchronize()
+
+
+def _ask_soup(engine: Any, question: str, k: int, pool: str, max_new_tokens: int) -> tuple[str, list[str], dict]:
+    """One query through Engine.ask: (answer, retrieved passage ids, stage ms)."""
+    res = engine.ask(question, k=k, pool=pool, max_new_tokens=max_new_tokens)
+    t = res.timings_ms
+    stages = {"retrieve": t["retrieve"], "load": t["load"], "soup": t["soup"], "load_soup": t["load"] + t["soup"],
+              "decode": t["decode"], "total": t["total"]}
+    return res.answer, [p["id"] for p in res.passages], stages
+
+
+def _ask_concat(engine: Any, question: str, k: int, max_new_tokens: int) -> tuple[str, list[str], dict]:
+    """One query the concat way: same retrieval, re-encode the k passages concatenated, decode."""
+    from ragsoup.generate import concat_states, generate
+    from ragsoup.retrieve import search
+
+    k = min(k, len(engine.passages))
+    model, tok = engine.loaded.model, engine.loaded.tokenizer
+    t0 = time.perf_counter()
+    q = engine.embedder.encode([question])
+    _, rows = search(engine.faiss, q, k)
+    rows = [r for r in rows[0].tolist() if r >= 0]
+    t1 = time.perf_counter()
+    states = concat_states(model, tok, [engine.passages[r].text for r in rows], engine.manifest.max_tokens)
+    _sync(engine.device)
+    t2 = time.perf_counter()
+    answer = generate(model, tok, states, [question], max_new_tokens)[0]
+    _sync(engine.device)
+    t3 = time.perf_counter()
+    ms = lambda a, b: (b - a) * 1000  # noqa: E731
+    stages = {"retrieve": ms(t0, t1), "encode": ms(t1, t2), "decode": ms(t2, t3), "total": ms(t0, t3)}
+    return answer, [engine.passages[r].id for r in rows], stages
+
+
+def bench_row(engine: Any, mode: str, k: int, questions: list[dict], gold: list[set[str]], pool: str,
+              warmup: int, max_new_tokens: int, bandwidth_gbps: float,
+              progress: Progress | None = None) -> BenchRow:
+    """Run ``questions`` through one (mode, k) after ``warmup`` untimed queries; aggregate one row."""
+    from ragsoup.metrics import best_em_f1
+
+    def one(q: str) -> tuple[str, list[str], dict]:
+        if mode == "soup":
+            return _ask_soup(engine, q, k, pool, max_new_tokens)
+        return _ask_concat(engine, q, k, max_new_tokens)
+
+    # concat warms up with one query at most: at large k each one re-encodes k passages
+    for q in questions[: max(min(warmup, 1) if mode == "concat" else warmup, 0)]:
+        one(q["question"])
+    ems, f1s, hits, hits_all, stages = [], [], [], [], []
+    label = f"{mode} k={k}"
+    with PeakMemory() as mem:
+        for i, (q, g) in enumerate(zip(questions, gold)):
+            answer, ids, st = one(q["question"])
+            em, f1 = best_em_f1(answer, [q["answer"]])
+            got = set(ids)
+            ems.append(em)
+            f1s.append(f1)
+            hits.append(float(bool(got & g)))
+            hits_all.append(float(g <= got))
+            stages.append(st)
+            if progress:
+                progress(label, i + 1, len(questions))
+    n = len(questions)
+    mean = lambda xs: 100 * sum(xs) / n if n else float("nan")  # noqa: E731
+    totals = [s["total"] for s in stages]
+    p50 = {name: round(percentile([s[name] for s in stages], 50), 3) for name in (stages[0] if stages else {})}
+    soup_k = min(k, len(engine.passages))
+    state_bytes = soup_k * engine.manifest.state_bytes_per_passage if mode == "soup" else 0
+    row = BenchRow(
+        mode=mode, k=k, pool=pool if mode == "soup" else None, n_queries=n, em=mean(ems), f1=mean(f1s),
+        recall_at_k=mean(hits), recall_all_at_k=mean(hits_all),
+        latency_ms_p50=round(percentile(totals, 50), 3), latency_ms_p95=round(percentile(totals, 95), 3),
+        stages_ms_p50=p50, peak_mem_mb=None if mem.peak_mb is None else round(mem.peak_mb, 1),
+        peak_mem_growth_mb=None if mem.growth_mb is None else round(mem.growth_mb, 1), state_bytes_read=state_bytes,
+    )
+    if mode == "soup":
+        row.bandwidth_bound_ms = round(state_bytes / (bandwidth_gbps * 1e9) * 1000, 4) if bandwidth_gbps > 0 else None
+        row.load_soup_ms_p50 = p50.get("load_soup")
+    return row
+
+
+def run_bench(cfg: BenchConfig, progress: Progress | None = None) -> BenchResult:
+    """Index (or reuse) the bench corpus, then sweep k over powers of two for each mode; one row per (mode, k)."""
+    from ragsoup.soup import check_pool
+
+    if cfg.task not in BENCH_TASKS:
+        raise RagsoupError(f"unknown bench task '{cfg.task}': use one of {', '.join(BENCH_TASKS)}")
+    bad = [m for m in cfg.modes if m not in MODES]
+    if bad or not cfg.modes:
+        raise RagsoupError(f"unknown mode(s) {', '.join(bad) or '(none)'}: --modes takes soup, concat or soup,concat")
+    check_pool(cfg.pool)
+    for name, v in (("--k", cfg.k_max), ("--max-new-tokens", cfg.max_new_tokens), ("--queries", cfg.queries),
+                    ("--passages", cfg.passages),
+                    ("--concat-max-k", cfg.concat_max_k), ("--concat-queries", cfg.concat_queries)):
+        _check_positive(name, v)
+    import torch
+
+    from ragsoup.device import pick_device
+
+    device = pick_device(cfg.device)
+    index_dir, questions, text_of, index_seconds = prepare_index(cfg, progress)
+
+    from ragsoup.ask import Engine
+
+    engine = Engine(index_dir, model=str(model_info(cfg.model)[0]), device=device)
+    gold = _gold_rows(engine, questions, text_of)
+    if progress:
+        progress("bandwidth", 0, 1)
+    bandwidth = measure_bandwidth(cfg.bandwidth_bytes)
+    if progress:
+        progress("bandwidth", 1, 1)
+    ks = sweep_ks(cfg.k_max, len(engine.passages))
+    concat_max_k = cfg.concat_max_k if cfg.concat_max_k is not None else cfg.k_max
+    concat_n = cfg.concat_queries if cfg.concat_queries is not None else min(cfg.queries, 20)
+    result = BenchResult(task=cfg.task, model=str(engine.loaded.path), model_fingerprint=engine.loaded.fingerprint,
+                         device=device, bandwidth_gbps=round(bandwidth, 3), threads=torch.get_num_threads(),
+                         n_passages=len(engine.passages),
+                         passage_chars=trained_passage_chars(engine.loaded.meta), index_dir=str(index_dir),
+                         index_seconds=round(index_seconds, 2))
+    for mode in cfg.modes:
+        for k in ks:
+            if mode == "concat" and k > concat_max_k:
+                continue
+            qs, gs = (questions, gold) if mode == "soup" else (questions[:concat_n], gold[:concat_n])
+            result.rows.append(bench_row(engine, mode, k, qs, gs, cfg.pool, cfg.warmup, cfg.max_new_tokens,
+                                         bandwidth, progress))
+    return result
+
+
+# --------------------------------------------------------------------------------------------------------------
+# bench: files
+# --------------------------------------------------------------------------------------------------------------
+
+CSV_FIELDS = ("mode", "k", "pool", "n_queries", "em", "f1", "recall_at_k", "recall_all_at_k", "latency_ms_p50",
+              "latency_ms_p95", "peak_mem_mb", "peak_mem_growth_mb", "state_bytes_read", "bandwidth_bound_ms",
+              "load_soup_ms_p50")
+
+
+def write_results(result: BenchResult, out: str | Path) -> list[Path]:
+    """Write results.json, results.csv, em_vs_k.png and latency_vs_k.png into ``out``; returns the paths."""
+    from ragsoup.checkpoint import atomic_write_bytes, atomic_write_json
+
+    out = Path(out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise RagsoupError(f"cannot create --out directory {out}: {exc}") from exc
+    data = result.to_json()
+    atomic_write_json(out / "results.json", data)
+    stage_names = sorted({s for r in data["rows"] for s in r["stages_ms_p50"]} - {"load_soup"})  # already a column
+    import io
+
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow([*CSV_FIELDS, *(f"{s}_ms_p50" for s in stage_names)])
+    for r in data["rows"]:
+        w.writerow([r[f] if r[f] is not None else "" for f in CSV_FIELDS]
+                   + [r["stages_ms_p50"].get(s, "") for s in stage_names])
+    atomic_write_bytes(out / "results.csv", buf.getvalue().encode())
+    return [out / "results.json", out / "results.csv", *plot_results(result, out)]
+
+
+def plot_results(result: BenchResult, out: Path) -> list[Path]:
+    """EM vs k and latency vs k (log-log), soup and concat on the same axes, as PNGs in ``out``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import matplotlib.ticker
+
+    by_mode: dict[str, list[BenchRow]] = {}
+    for r in result.rows:
+        by_mode.setdefault(r.mode, []).append(r)
+    style = {"soup": dict(color="tab:green", marker="o"), "concat": dict(color="tab:red", marker="s")}
+    paths = []
+    for name, ylabel, get, logy in (
+        ("em_vs_k.png", "exact match (%)", lambda r: r.em, False),
+        ("latency_vs_k.png", "latency per query, p50 (band to p95), ms", lambda r: r.latency_ms_p50, True),
+    ):
+        fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
+        for mode, rows in by_mode.items():
+            rows = sorted(rows, key=lambda r: r.k)
+            ax.plot([r.k for r in rows], [get(r) for r in rows], label=mode, **style.get(mode, {}))
+            if logy:  # shade p50..p95
+                ax.fill_between([r.k for r in rows], [get(r) for r in rows], [r.latency_ms_p95 for r in rows],
+                                alpha=0.15, color=style.get(mode, {}).get("color"))
+        ax.set_xscale("log", base=2)
+        ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+        if logy:
+            ax.set_yscale("log")
+        else:
+            ax.set_ylim(-2, 102)
+        ax.set_xlabel("k (passages retrieved)")
+        ax.set_ylabel(ylabel)
+        ax.set_title(f"{result.task}, {result.n_passages} passages, {result.device}")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend()
+        fig.tight_layout()
+        tmp = out / f".{name}.tmp.png"
+        fig.savefig(tmp)
+        plt.close(fig)
+        tmp.replace(out / name)
+        paths.append(out / name)
+    return paths

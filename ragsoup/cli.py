@@ -1,0 +1,390 @@
+"""ragsoup command line: parse, call the library, render with rich. Domain errors -> one red line, exit 1."""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+from ragsoup.errors import RagsoupError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Retrieval-augmented QA by souping cached Mamba2 states.")
+console = Console()
+err = Console(stderr=True)
+
+
+def domain_errors(fn):
+    """Turn RagsoupError (and Ctrl-C) into one red line and exit code 1."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except RagsoupError as exc:
+            err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+            raise typer.Exit(1)
+        except KeyboardInterrupt:
+            err.print("[bold red]interrupted[/]")
+            raise typer.Exit(130)
+
+    return wrapper
+
+
+def _print_json(obj) -> None:
+    typer.echo(json.dumps(obj, ensure_ascii=False))
+
+
+def _progress() -> Progress:
+    return Progress(
+        TextColumn("[bold]{task.description:<14}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[rate]}"),
+        TimeElapsedColumn(), TimeRemainingColumn(), console=err, transient=False,
+    )
+
+
+@app.command()
+@domain_errors
+def index(
+    corpus: Path = typer.Argument(..., help="Directory of .txt/.md, a .jsonl, a SQuAD/HotpotQA .json, or a saved `datasets` dataset."),
+    out: Path = typer.Option(Path("indexes/demo"), "--out", "-o", help="Index directory to create or update."),
+    model: Optional[str] = typer.Option(None, help="Checkpoint directory or shipped model name (default: the shipped default)."),
+    batch_size: int = typer.Option(16, help="Passages encoded per batch."),
+    device: str = typer.Option("auto", help="auto, cpu or cuda."),
+    factory: str = typer.Option("Flat", help="FAISS index factory string (inner product), e.g. IVF256,Flat for big corpora."),
+    chunk_chars: int = typer.Option(600, help="Maximum passage length in characters (sentence-aware chunking)."),
+    state_dtype: str = typer.Option("float16", help="float16 or float32."),
+    json_out: bool = typer.Option(False, "--json", help="Print one JSON object instead of tables."),
+) -> None:
+    """Index a corpus: FAISS over embeddings + every passage's cached Mamba2 state."""
+    from ragsoup.build import build_index
+
+    if batch_size <= 0:
+        raise RagsoupError(f"--batch-size must be at least 1 (got {batch_size})")
+    if state_dtype not in ("float16", "float32"):
+        raise RagsoupError(f"--state-dtype must be float16 or float32 (got {state_dtype})")
+    with _progress() as prog:
+        tasks: dict[str, int] = {}
+
+        def on_progress(stage: str, done: int, total: int) -> None:
+            name = {"embed": "embedding", "encode": "state encoding"}[stage]
+            if stage not in tasks:
+                tasks[stage] = prog.add_task(name, total=total, rate="")
+            t = prog.tasks[tasks[stage]]
+            rate = f"{done / t.elapsed:,.0f} passages/s" if t.elapsed and done else ""
+            prog.update(tasks[stage], completed=done, total=total, rate=rate)
+
+        rep = build_index(corpus, out, model=model, batch_size=batch_size, device=device, factory=factory,
+                          chunk_chars=chunk_chars, state_dtype=state_dtype, progress=None if json_out else on_progress)
+    if json_out:
+        from dataclasses import asdict
+
+        _print_json(asdict(rep))
+        return
+    skipped = rep.skipped_binary + rep.skipped_empty
+    console.print(
+        f"[green]indexed[/] {rep.n_passages} passages from {rep.n_files} files into [bold]{rep.out}[/]: "
+        f"added {rep.added}, kept {rep.kept}, removed {rep.removed}"
+        + (f"; skipped {rep.skipped_binary} binary/non-UTF-8 and {rep.skipped_empty} empty files" if skipped else "")
+        + (f"; dropped {rep.n_duplicates} duplicate passages" if rep.n_duplicates else "")
+    )
+    if rep.rebuilt:
+        console.print(f"[yellow]re-encoded everything:[/] {rep.rebuilt}")
+    s = rep.seconds
+    console.print(
+        f"time: embedding {s.get('embed', 0):.1f}s, state encoding {s.get('encode', 0):.1f}s (concurrently), total {s['total']:.1f}s"
+    )
+
+
+@app.command()
+@domain_errors
+def ask(
+    question: Optional[str] = typer.Argument(None, help="The question."),
+    questions: Optional[Path] = typer.Option(None, "--questions", help="A questions.jsonl file (question, answer): answer each and report EM/F1."),
+    index_dir: Optional[Path] = typer.Option(None, "--index", help="Index directory (default: indexes/demo)."),
+    k: int = typer.Option(5, "--k", help="Passages to retrieve and soup."),
+    pool: str = typer.Option("mean", help="mean, sum, max, sum-norm or norm-mean."),
+    max_new_tokens: int = typer.Option(32, help="Answer length limit in tokens."),
+    model: Optional[str] = typer.Option(None, help="Override the index's model (must be the one it was built with)."),
+    device: str = typer.Option("auto", help="auto, cpu or cuda."),
+    json_out: bool = typer.Option(False, "--json", help="Print exactly one JSON object."),
+) -> None:
+    """Answer a question from the soup of its top-k passages' cached states."""
+    from ragsoup.ask import Engine
+
+    from ragsoup.soup import check_pool
+
+    if questions is None and not (question or "").strip():
+        raise RagsoupError('the question is empty: ask something, e.g. ragsoup ask "What is ...?"')
+    if k <= 0:
+        raise RagsoupError(f"--k must be at least 1 (got {k})")
+    check_pool(pool)
+    engine = Engine(index_dir, model=model, device=device)
+    if questions is not None:
+        _ask_file(engine, questions, k, pool, max_new_tokens, json_out)
+        return
+    res = engine.ask(question, k=k, pool=pool, max_new_tokens=max_new_tokens)
+    for n in res.notices:
+        err.print(f"[yellow]notice:[/] {n}")
+    if json_out:
+        _print_json(res.to_json())
+        return
+    console.print(f"[bold green]{res.answer or '(empty answer)'}[/]")
+    table = Table(title=f"top-{res.k} passages, souped with {res.pool}", show_lines=False)
+    table.add_column("#", justify="right")
+    table.add_column("score", justify="right")
+    table.add_column("source")
+    table.add_column("passage")
+    for i, p in enumerate(res.passages, 1):
+        snippet = p["text"] if len(p["text"]) <= 100 else p["text"][:97] + "..."
+        table.add_row(str(i), f"{p['score']:.3f}", p["title"] or p["source"], snippet)
+    console.print(table)
+    t = res.timings_ms
+    console.print(" | ".join(f"{name} {t[name]:.1f} ms" for name in ("retrieve", "load", "soup", "decode", "total")))
+
+
+def _ask_file(engine, path: Path, k: int, pool: str, max_new_tokens: int, json_out: bool) -> None:
+    """Answer every question of a questions.jsonl file; print each and the EM/F1 totals."""
+    from ragsoup.metrics import best_em_f1
+    from ragsoup.tasks.files import read_questions
+
+    qs = read_questions(path)
+    rows, em_sum, f1_sum = [], 0.0, 0.0
+    table = Table(title=f"{len(qs)} questions from {path} (k={k}, {pool})")
+    for col in ("question", "expected", "answer", "ok"):
+        table.add_column(col)
+    for q in qs:
+        res = engine.ask(q["question"], k=k, pool=pool, max_new_tokens=max_new_tokens)
+        em, f1 = best_em_f1(res.answer, [q["answer"]])
+        em_sum, f1_sum = em_sum + em, f1_sum + f1
+        rows.append({"question": q["question"], "expected": q["answer"], "answer": res.answer, "em": em, "f1": f1,
+                     "total_ms": res.timings_ms["total"]})
+        table.add_row(q["question"], q["answer"], res.answer, "[green]yes[/]" if em else "[red]no[/]")
+    n = max(len(qs), 1)
+    summary = {"n": len(qs), "k": k, "pool": pool, "em": 100 * em_sum / n, "f1": 100 * f1_sum / n}
+    if json_out:
+        _print_json({**summary, "results": rows})
+        return
+    console.print(table)
+    console.print(f"[bold]EM {summary['em']:.1f}  F1 {summary['f1']:.1f}[/] over {len(qs)} questions")
+
+
+@app.command()
+@domain_errors
+def train(
+    preset: Optional[str] = typer.Option(None, help="Start from a named preset (default, tiny); other options override it."),
+    out: Optional[str] = typer.Option(None, help="Run directory (checkpoints, log.jsonl)."),
+    tasks: Optional[str] = typer.Option(None, help="Task mix, e.g. needle:3,needle-distractor:2,two-hop:1."),
+    mode: Optional[str] = typer.Option(None, help="soup or concat (the baseline)."),
+    pool: Optional[str] = typer.Option(None, help="mean, sum, max, sum-norm or norm-mean."),
+    k_min: Optional[int] = typer.Option(None, help="Fewest passages per example."),
+    k_max: Optional[int] = typer.Option(None, help="Most passages per example (curriculum target)."),
+    k_ramp_steps: Optional[int] = typer.Option(None, help="Steps over which the largest k grows from k-min to k-max."),
+    steps: Optional[int] = typer.Option(None, help="Optimizer steps."),
+    batch_size: Optional[int] = typer.Option(None, help="Examples per step."),
+    lr: Optional[float] = typer.Option(None, help="Peak learning rate."),
+    seed: Optional[int] = typer.Option(None, help="Seed (data and init)."),
+    freeze_encoder: bool = typer.Option(False, "--freeze-encoder", help="Decoder-only finetuning: no gradient through passage encodes."),
+    loss_on_question: bool = typer.Option(False, "--loss-on-question", help="Also train on the question tokens."),
+    ckpt_group: Optional[int] = typer.Option(None, help="Passages per activation-checkpointed group (0: off)."),
+    eval_every: Optional[int] = typer.Option(None, help="Held-out EM per k every N steps (0: off)."),
+    eval_ks: Optional[str] = typer.Option(None, help="k values for held-out EM, e.g. 1,4,16."),
+    init: Optional[str] = typer.Option(None, help="Start from this checkpoint (or shipped model name)."),
+    tokenizer: Optional[str] = typer.Option(None, help="bytes or bpe:VOCAB (new models only)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last checkpoint."),
+    device: str = typer.Option("auto", help="auto, cpu or cuda."),
+    threads: Optional[int] = typer.Option(None, help="torch CPU threads (default: torch's choice)."),
+) -> None:
+    """Soup-finetune a Mamba2 (encoder and decoder are the same model) on generated tasks."""
+    import torch
+
+    from ragsoup.device import pick_device
+    from ragsoup.train import PRESETS, TrainConfig, train as run_train
+
+    if preset is not None and preset not in PRESETS:
+        raise RagsoupError(f"unknown preset '{preset}': use one of {', '.join(PRESETS)}")
+    base = dict(PRESETS[preset]) if preset else {}
+    given = dict(out=out, tasks=tasks, mode=mode, pool=pool, k_min=k_min, k_max=k_max, k_ramp_steps=k_ramp_steps,
+                 steps=steps, batch_size=batch_size, lr=lr, seed=seed, ckpt_group=ckpt_group, eval_every=eval_every,
+                 eval_ks=eval_ks, init=init, tokenizer=tokenizer)
+    base.update({k: v for k, v in given.items() if v is not None})
+    if freeze_encoder:
+        base["freeze_encoder"] = True
+    if loss_on_question:
+        base["loss_on_question"] = True
+    if resume and (Path(base.get("out", "runs/default")) / "train_config.json").exists():
+        saved = json.loads((Path(base.get("out", "runs/default")) / "train_config.json").read_text())
+        base = {**saved, **{k: v for k, v in given.items() if v is not None}}
+    cfg = TrainConfig.from_dict(base)
+    if threads:
+        torch.set_num_threads(threads)
+    torch.set_flush_denormal(True)
+    dev = pick_device(device)
+    with Progress(TextColumn("[bold]training"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
+                  TimeElapsedColumn(), TimeRemainingColumn(), console=err) as prog:
+        task = prog.add_task("train", total=cfg.steps, info="")
+
+        def on_log(rec: dict) -> None:
+            info = f"loss {rec['loss']:.3f} k {rec['k']} {rec['ex_per_s']:.1f} ex/s {rec['tok_per_s']:,.0f} tok/s"
+            prog.update(task, completed=rec["step"], info=info)
+            if "eval" in rec:
+                prog.console.print(f"step {rec['step']}: " + ", ".join(f"EM@{k.split('@')[1]} {v:.1f}" for k, v in rec["eval"].items()))
+
+        final = run_train(cfg, resume=resume, on_log=on_log, device=dev)
+    console.print(f"[green]saved[/] {final}")
+
+
+@app.command("make-corpus")
+@domain_errors
+def make_corpus_cmd(
+    task: str = typer.Argument(..., help="needle or two-hop."),
+    passages: int = typer.Option(300, "--passages", help="Passages in the corpus."),
+    queries: int = typer.Option(50, "--queries", help="Questions (each with its gold passages in the corpus)."),
+    out: Path = typer.Option(..., "--out", help="Output directory (corpus.jsonl, questions.jsonl, README.md)."),
+    seed: int = typer.Option(0, help="Seed."),
+    variant: str = typer.Option("single", help="Needle variant: single, multikey, distractor, multivalue."),
+    passage_chars: int = typer.Option(200, help="Approximate passage length (the default model was trained on 200)."),
+) -> None:
+    """Write a generated corpus (needle, two-hop, or demo = both) and its questions file."""
+    import sys
+
+    from ragsoup.tasks.files import make_corpus
+
+    if passages <= 0 or queries <= 0:
+        raise RagsoupError("--passages and --queries must be positive")
+    command = "ragsoup " + " ".join(sys.argv[1:])
+    path = make_corpus(task, passages, queries, seed, out, variant=variant, passage_chars=passage_chars, command=command)
+    console.print(f"[green]wrote[/] {path}")
+
+
+@app.command("eval")
+@domain_errors
+def eval_cmd(
+    task: str = typer.Option(..., "--task", help="squad, hotpotqa, needle, needle-multikey, needle-distractor, needle-multivalue or two-hop."),
+    data: Optional[Path] = typer.Option(None, "--data", help="SQuAD/HotpotQA JSON file; for generated tasks optional (a make-corpus directory)."),
+    k: int = typer.Option(5, "--k", help="Passages per question (gold + distractors)."),
+    mode: str = typer.Option("soup", help="soup or concat (the baseline)."),
+    pool: str = typer.Option("mean", help="mean, sum, max, sum-norm or norm-mean."),
+    limit: Optional[int] = typer.Option(None, "--limit", help="Questions to score (generated tasks: default 200; files: all)."),
+    model: Optional[str] = typer.Option(None, help="Checkpoint directory or shipped model name (default: the shipped default)."),
+    seed: int = typer.Option(0, help="Seed (distractor choice, generated examples)."),
+    batch_size: int = typer.Option(8, help="Questions decoded per batch."),
+    max_new_tokens: int = typer.Option(32, help="Answer length limit in tokens."),
+    device: str = typer.Option("auto", help="auto, cpu or cuda."),
+    threads: Optional[int] = typer.Option(None, help="torch CPU threads (default: torch's choice)."),
+    json_out: bool = typer.Option(False, "--json", help="Print exactly one JSON object."),
+) -> None:
+    """Answer quality alone: each question's gold + distractor passages are given (no retrieval)."""
+    from ragsoup.bench import run_eval, set_threads
+
+    set_threads(threads)
+    with _progress() as prog:
+        bar: list[int] = []
+
+        def on_start(n: int) -> None:
+            if not json_out:
+                bar.append(prog.add_task("predicting", total=n, rate=""))
+
+        def on_batch(n: int) -> None:
+            if bar:
+                t = prog.tasks[bar[0]]
+                done = t.completed + n
+                prog.update(bar[0], completed=done, rate=f"{done / t.elapsed:,.1f} q/s" if t.elapsed else "")
+
+        res = run_eval(task, data, k=k, mode=mode, pool=pool, limit=limit, model=model, seed=seed, device=device,
+                       batch_size=batch_size, max_new_tokens=max_new_tokens, on_start=on_start, on_batch=on_batch)
+    if json_out:
+        _print_json(res.to_json())
+        return
+    table = Table(title="given passages, no retrieval")
+    for col in ("task", "mode", "k", "pool", "n", "EM", "F1"):
+        table.add_column(col, justify="right" if col in ("k", "n", "EM", "F1") else "left")
+    table.add_row(res.task, res.mode, str(res.k), pool if res.mode == "soup" else "-", str(res.n),
+                  f"{res.em:.1f}", f"{res.f1:.1f}")
+    console.print(table)
+
+
+@app.command()
+@domain_errors
+def bench(
+    task: str = typer.Option("needle", "--task", help="needle, needle-multikey, needle-distractor or two-hop."),
+    k: Optional[int] = typer.Option(None, "--k", help="Largest k; the sweep is 1, 2, 4, ... up to it (default 256; --quick 16)."),
+    modes: str = typer.Option("soup,concat", "--modes", help="Comma-separated: soup, concat."),
+    pool: str = typer.Option("mean", help="mean, sum, max, sum-norm or norm-mean."),
+    queries: Optional[int] = typer.Option(None, "--queries", help="Queries per soup row (default 100; --quick 16)."),
+    passages: Optional[int] = typer.Option(None, "--passages", help="Generated corpus size (default 4096; --quick 256)."),
+    concat_max_k: Optional[int] = typer.Option(None, "--concat-max-k", help="Largest k for concat (default: --k)."),
+    concat_queries: Optional[int] = typer.Option(None, "--concat-queries", help="Queries per concat row (default min(queries, 20))."),
+    model: Optional[str] = typer.Option(None, help="Checkpoint directory or shipped model name (default: the shipped default)."),
+    seed: int = typer.Option(0, help="Corpus seed."),
+    max_new_tokens: int = typer.Option(32, help="Answer length limit in tokens."),
+    quick: bool = typer.Option(False, "--quick", help="About a minute on a 2-core CPU: 256 passages, 16 queries, k up to 16."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Also write results.json, results.csv and PNG plots here."),
+    cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", help="Corpus + index cache (default .bench/<task>-<passages>-<seed>-<model>)."),
+    device: str = typer.Option("auto", help="auto, cpu or cuda."),
+    threads: Optional[int] = typer.Option(None, help="torch CPU threads (default: torch's choice; 1 on a busy machine)."),
+    json_out: bool = typer.Option(False, "--json", help="Print exactly one JSON object."),
+) -> None:
+    """Retrieval sweep over k: soup (cached states) vs concat (re-encode), EM, recall, latency, memory."""
+    from ragsoup.bench import BenchConfig, run_bench, set_threads, write_results
+
+    set_threads(threads)
+    mode_list = tuple(m.strip() for m in modes.split(",") if m.strip())
+    given = dict(task=task, k_max=k, modes=mode_list, pool=pool, queries=queries, passages=passages,
+                 concat_max_k=concat_max_k, concat_queries=concat_queries, model=model, seed=seed, device=device,
+                 max_new_tokens=max_new_tokens, cache_dir=str(cache_dir) if cache_dir else None)
+    cfg = BenchConfig.quick(**given) if quick else BenchConfig(**{k_: v for k_, v in given.items() if v is not None})
+    with _progress() as prog:
+        bars: dict[str, int] = {}
+
+        def on_progress(label: str, done: int, total: int) -> None:
+            if json_out:
+                return
+            if label not in bars:
+                bars[label] = prog.add_task(label, total=total, rate="")
+            t = prog.tasks[bars[label]]
+            rate = f"{done / t.elapsed:,.1f}/s" if t.elapsed and done else ""
+            prog.update(bars[label], completed=done, total=total, rate=rate)
+
+        res = run_bench(cfg, progress=on_progress)
+    files = write_results(res, out) if out is not None else []
+    if json_out:
+        _print_json(res.to_json())
+        return
+    fmt = lambda v, f="{:.1f}": "-" if v is None else f.format(v)  # noqa: E731
+    table = Table(title=f"{res.task}: {res.n_passages} passages, {res.device}, pool {cfg.pool}")
+    for c in ("mode", "k", "n", "EM", "F1", "R@k", "p50 ms", "p95 ms", "peak MB", "state MB/q"):
+        table.add_column(c, justify="left" if c == "mode" else "right")
+    for r in res.rows:
+        table.add_row(r.mode, str(r.k), str(r.n_queries), fmt(r.em), fmt(r.f1), fmt(r.recall_at_k),
+                      fmt(r.latency_ms_p50), fmt(r.latency_ms_p95), fmt(r.peak_mem_mb, "{:.0f}"),
+                      fmt(r.state_bytes_read / 2**20, "{:.2f}"))
+    console.print(table)
+    stages = Table(title="p50 per stage (ms); bound = state bytes / copy bandwidth")
+    for c in ("mode", "k", "retrieve", "encode", "load+soup", "bound", "decode", "total"):
+        stages.add_column(c, justify="left" if c == "mode" else "right")
+    for r in res.rows:
+        st = r.stages_ms_p50
+        stages.add_row(r.mode, str(r.k), fmt(st.get("retrieve"), "{:.2f}"), fmt(st.get("encode")),
+                       fmt(st.get("load_soup"), "{:.2f}"), fmt(r.bandwidth_bound_ms, "{:.3f}"), fmt(st.get("decode")),
+                       fmt(st.get("total")))
+    console.print(stages)
+    reused = "reused" if res.index_seconds == 0 else f"built in {res.index_seconds:.1f}s"
+    console.print(f"memory copy bandwidth {res.bandwidth_gbps:.1f} GB/s; index {res.index_dir} ({reused})")
+    for f in files:
+        console.print(f"[green]wrote[/] {f}")
+
+
+def main() -> None:
+    """Console-script entry point."""
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,148 @@
+"""`ragsoup bench`: the retrieval sweep end to end on a tiny random model and a tiny generated corpus."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from ragsoup.bench import BenchConfig, PeakMemory, measure_bandwidth, percentile, sweep_ks, trained_passage_chars
+from ragsoup.checkpoint import save_checkpoint
+from ragsoup.cli import app
+from ragsoup.model import Mamba2Config, Mamba2LM
+from ragsoup.tokenizer import ByteTokenizer
+
+ROW_KEYS = {"mode", "k", "pool", "n_queries", "em", "f1", "recall_at_k", "latency_ms_p50", "latency_ms_p95",
+            "stages_ms_p50", "peak_mem_mb", "state_bytes_read"}
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory) -> Path:
+    tok = ByteTokenizer()
+    torch.manual_seed(0)
+    cfg = Mamba2Config.from_dict(dict(d_model=32, n_layer=2, d_state=8, headdim=16, chunk_size=8,
+                                      vocab_size=-(-tok.vocab_size // 8) * 8))
+    path = tmp_path_factory.mktemp("model") / "tiny"
+    save_checkpoint(Mamba2LM(cfg), tok, path, meta={"train": {"passage_chars": 60}})
+    return path
+
+
+def _bench(model: Path, cache: Path, *extra: str):
+    args = ["bench", "--quick", "--json", "--passages", "64", "--queries", "4", "--k", "4", "--model", str(model),
+            "--cache-dir", str(cache), "--device", "cpu", "--max-new-tokens", "4", *extra]
+    r = CliRunner().invoke(app, args)
+    assert r.exit_code == 0, r.output
+    lines = [line for line in r.stdout.splitlines() if line.strip()]
+    assert len(lines) == 1, r.stdout
+    return json.loads(lines[0])
+
+
+@pytest.fixture(scope="module")
+def quick_run(tiny_model, tmp_path_factory) -> tuple[dict, Path, Path]:
+    root = tmp_path_factory.mktemp("bench")
+    out = root / "out"
+    return _bench(tiny_model, root / "cache", "--out", str(out)), out, root / "cache"
+
+
+def test_bench_quick_json_has_one_row_per_mode_and_k(quick_run):
+    obj, _, _ = quick_run
+    assert {"task", "model", "device", "bandwidth_gbps", "rows"} <= set(obj)
+    assert obj["task"] == "needle" and obj["device"] == "cpu" and obj["bandwidth_gbps"] > 0
+    assert [(r["mode"], r["k"]) for r in obj["rows"]] == [(m, k) for m in ("soup", "concat") for k in (1, 2, 4)]
+    for r in obj["rows"]:
+        assert ROW_KEYS <= set(r)
+        assert r["n_queries"] == 4
+        for key in ("em", "f1", "recall_at_k"):
+            assert 0.0 <= r[key] <= 100.0
+        assert 0 < r["latency_ms_p50"] <= r["latency_ms_p95"]
+        assert r["stages_ms_p50"]["total"] > 0 and r["stages_ms_p50"]["decode"] > 0
+        assert r["peak_mem_mb"] is None or r["peak_mem_mb"] > 0
+        if r["mode"] == "soup":
+            assert r["pool"] == "mean" and r["state_bytes_read"] > 0
+            assert {"retrieve", "load_soup", "decode"} <= set(r["stages_ms_p50"])
+            assert r["bandwidth_bound_ms"] > 0
+        else:
+            assert r["state_bytes_read"] == 0 and "encode" in r["stages_ms_p50"]
+    soup = {r["k"]: r for r in obj["rows"] if r["mode"] == "soup"}
+    assert soup[4]["state_bytes_read"] == 4 * soup[1]["state_bytes_read"]
+    recall = [soup[k]["recall_at_k"] for k in (1, 2, 4)]
+    assert recall == sorted(recall)  # top-k sets are nested
+    concat = {r["k"]: r for r in obj["rows"] if r["mode"] == "concat"}
+    assert [concat[k]["recall_at_k"] for k in (1, 2, 4)] == recall  # same retrieval
+
+
+def test_bench_out_writes_json_csv_and_plots(quick_run):
+    obj, out, _ = quick_run
+    assert json.loads((out / "results.json").read_text())["rows"] == obj["rows"]
+    with open(out / "results.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == len(obj["rows"]) and {"mode", "k", "em", "latency_ms_p50"} <= set(rows[0])
+    for name in ("em_vs_k.png", "latency_vs_k.png"):
+        assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_bench_reuses_its_cached_index(quick_run, tiny_model):
+    first, _, cache = quick_run
+    assert first["index_seconds"] > 0
+    again = _bench(tiny_model, cache, "--modes", "soup", "--k", "2")
+    assert again["index_seconds"] == 0
+    assert [(r["mode"], r["k"]) for r in again["rows"]] == [("soup", 1), ("soup", 2)]
+    # same corpus, questions and retrieval: deterministic quality numbers
+    before = {(r["mode"], r["k"]): r for r in first["rows"]}
+    for r in again["rows"]:
+        b = before[(r["mode"], r["k"])]
+        assert (r["em"], r["f1"], r["recall_at_k"]) == (b["em"], b["f1"], b["recall_at_k"])
+
+
+def test_bench_concat_caps(tiny_model, quick_run):
+    _, _, cache = quick_run
+    obj = _bench(tiny_model, cache, "--concat-max-k", "2", "--concat-queries", "2")
+    concat = [r for r in obj["rows"] if r["mode"] == "concat"]
+    assert [r["k"] for r in concat] == [1, 2] and all(r["n_queries"] == 2 for r in concat)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--task", "squad"], "unknown bench task"),
+    (["--modes", "soup,stack"], "unknown mode"),
+    (["--pool", "median"], "unknown pooling"),
+    (["--k", "0"], "--k must be at least 1"),
+    (["--queries", "40", "--passages", "30"], "raise --passages"),
+])
+def test_bench_errors_are_one_line_and_exit_1(tiny_model, tmp_path, args, message):
+    r = CliRunner().invoke(app, ["bench", "--quick", "--json", "--model", str(tiny_model), "--cache-dir",
+                                 str(tmp_path / "c"), "--device", "cpu", *args])
+    assert r.exit_code == 1
+    lines = [line for line in r.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:") and message in lines[0], r.stderr
+    assert "Traceback" not in r.output and r.stdout.strip() == ""
+
+
+def test_sweep_ks():
+    assert sweep_ks(1) == [1]
+    assert sweep_ks(16) == [1, 2, 4, 8, 16]
+    assert sweep_ks(10) == [1, 2, 4, 8, 10]
+    assert sweep_ks(256, n_passages=100) == [1, 2, 4, 8, 16, 32, 64, 100]
+
+
+def test_quick_preset_and_overrides():
+    q = BenchConfig.quick()
+    assert (q.passages, q.queries, q.k_max) == (256, 16, 16)
+    assert BenchConfig.quick(k_max=4, passages=None).k_max == 4
+    d = BenchConfig()
+    assert d.passages >= 4096 and d.k_max == 256
+
+
+def test_helpers():
+    assert measure_bandwidth(8 << 20, repeats=2) > 0
+    with PeakMemory() as mem:
+        x = np.ones(64 << 20, dtype=np.uint8)  # 64 MiB, touched
+        del x
+    assert mem.peak_mb is not None and mem.growth_mb is not None and mem.growth_mb >= 32
+    assert percentile([1.0, 2.0, 3.0], 50) == 2.0
+    assert trained_passage_chars({"train": {"passage_chars": 80}}) == 80
+    assert trained_passage_chars({}) == 200

@@ -1,0 +1,117 @@
+"""`ragsoup eval`: answer quality with given gold + distractor passages (tiny random model, no retrieval)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from ragsoup.bench import EVAL_TASKS, eval_examples, run_eval
+from ragsoup.checkpoint import save_checkpoint
+from ragsoup.cli import app
+from ragsoup.errors import RagsoupError
+from ragsoup.model import Mamba2Config, Mamba2LM
+from ragsoup.tasks.files import make_corpus
+from ragsoup.tokenizer import ByteTokenizer
+
+KEYS = {"task", "mode", "k", "n", "em", "f1"}
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory) -> Path:
+    tok = ByteTokenizer()
+    torch.manual_seed(0)
+    cfg = Mamba2Config.from_dict(dict(d_model=32, n_layer=2, d_state=8, headdim=16, chunk_size=8,
+                                      vocab_size=-(-tok.vocab_size // 8) * 8))
+    path = tmp_path_factory.mktemp("model") / "tiny"
+    save_checkpoint(Mamba2LM(cfg), tok, path, meta={"train": {"passage_chars": 60}})
+    return path
+
+
+@pytest.fixture()
+def squad_file(tmp_path) -> Path:
+    def article(title: str, n: int) -> dict:
+        paras = []
+        for i in range(n):
+            ctx = f"{title} paragraph {i}: the river {title.lower()}{i} flows past the mill of Bram{i}."
+            paras.append({"context": ctx, "qas": [
+                {"id": f"{title}-{i}", "question": f"Whose mill does the river {title.lower()}{i} flow past?",
+                 "answers": [{"text": f"Bram{i}", "answer_start": ctx.index("Bram")}]}]})
+        return {"title": title, "paragraphs": paras}
+
+    path = tmp_path / "squad.json"
+    path.write_text(json.dumps({"version": "1.1", "data": [article("Alpha", 3), article("Beta", 3)]}))
+    return path
+
+
+def _run(args: list[str]):
+    return CliRunner().invoke(app, args)
+
+
+def _json(result) -> dict:
+    assert result.exit_code == 0, result.output
+    lines = [line for line in result.stdout.splitlines() if line.strip()]
+    assert len(lines) == 1, result.stdout
+    return json.loads(lines[0])
+
+
+def test_eval_json_on_a_tiny_squad_file(tiny_model, squad_file):
+    obj = _json(_run(["eval", "--task", "squad", "--data", str(squad_file), "--k", "3", "--model", str(tiny_model),
+                      "--device", "cpu", "--json"]))
+    assert set(obj) == KEYS
+    assert obj["task"] == "squad" and obj["mode"] == "soup" and obj["k"] == 3 and obj["n"] == 6
+    assert 0.0 <= obj["em"] <= 100.0 and 0.0 <= obj["f1"] <= 100.0
+
+
+def test_eval_json_on_a_generated_needle_task_is_deterministic(tiny_model):
+    args = ["eval", "--task", "needle", "--k", "3", "--limit", "5", "--model", str(tiny_model), "--device", "cpu",
+            "--max-new-tokens", "6", "--json"]
+    first = _json(_run(args))
+    assert set(first) == KEYS and first["n"] == 5 and first["k"] == 3 and first["task"] == "needle"
+    assert _json(_run(args)) == first
+    concat = _json(_run([*args, "--mode", "concat"]))
+    assert concat["mode"] == "concat" and concat["n"] == 5
+
+
+def test_eval_reads_a_make_corpus_directory(tiny_model, tmp_path):
+    d = make_corpus("two-hop", 12, 3, 0, tmp_path / "c", passage_chars=60)
+    examples = eval_examples("two-hop", d, 4, None, 0)
+    assert len(examples) == 3
+    for ex in examples:
+        assert len(ex.docs) == 4 and len(ex.gold) == 2
+        assert ex.answer in " ".join(ex.docs[g] for g in ex.gold)
+    with pytest.raises(RagsoupError, match="smaller than"):
+        eval_examples("two-hop", d, 1, None, 0)
+    res = run_eval("two-hop", d / "questions.jsonl", k=4, model=tiny_model, device="cpu", max_new_tokens=4)
+    assert res.n == 3
+
+
+def test_eval_human_output_is_a_table(tiny_model):
+    r = _run(["eval", "--task", "needle-distractor", "--k", "2", "--limit", "2", "--model", str(tiny_model),
+              "--device", "cpu", "--max-new-tokens", "4"])
+    assert r.exit_code == 0, r.output
+    assert "EM" in r.stdout and "needle-distractor" in r.stdout
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--task", "trivia"], "unknown task"),
+    (["--task", "squad", "--data", "no/such/file.json"], "not found"),
+    (["--task", "hotpotqa"], "needs --data"),
+    (["--task", "needle", "--data", "no/such/dir"], "not found"),
+    (["--task", "needle", "--mode", "stack"], "unknown mode"),
+    (["--task", "needle", "--k", "0"], "--k must be at least 1"),
+])
+def test_eval_errors_are_one_line_and_exit_1(tiny_model, args, message):
+    r = _run(["eval", *args, "--model", str(tiny_model), "--device", "cpu", "--json"])
+    assert r.exit_code == 1
+    assert r.stdout.strip() == ""
+    lines = [line for line in r.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:") and message in lines[0], r.stderr
+    assert "Traceback" not in r.output
+
+
+def test_eval_tasks_cover_the_brief():
+    assert {"hotpotqa", "squad", "needle", "two-hop", "needle-multikey", "needle-distractor"} <= set(EVAL_TASKS)
