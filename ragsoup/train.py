@@ -51,6 +51,7 @@ class TrainConfig:
     seed: int = 0
     freeze_encoder: bool = False
     loss_on_question: bool = False
+    extra_questions: int = 0  # also supervise up to N further questions per soup (other needles' keys)
     ckpt_group: int = 16  # passages per activation-checkpointed encode group; 0 = no checkpointing
     passage_chars: int = 200
     max_tokens: int = 512
@@ -161,12 +162,12 @@ def encode_groups(model: Mamba2LM, seqs: list[list[int]], pad_id: int, group: in
     return unflatten_states(torch.cat(rows, 0), model.cfg)
 
 
-def _decoder_batch(tok: Tokenizer, prefixes: list[list[int]], batch: list[SoupExample], loss_on_question: bool, device):
+def _decoder_batch(tok: Tokenizer, prefixes: list[list[int]], qas: list[tuple[str, str]], loss_on_question: bool, device):
     """Inputs, targets and loss mask for `prefix <q> question <a> answer <eos>` sequences."""
     seqs, starts = [], []
-    for pre, ex in zip(prefixes, batch):
-        prompt = pre + prompt_ids(tok, ex.question)
-        seqs.append(prompt + answer_ids(tok, ex.answer))
+    for pre, (question, answer) in zip(prefixes, qas):
+        prompt = pre + prompt_ids(tok, question)
+        seqs.append(prompt + answer_ids(tok, answer))
         starts.append(len(pre) if loss_on_question else len(prompt) - 1)
     ids, lengths = pad_batch(seqs, tok.pad_id, device)
     inp, tgt = ids[:, :-1], ids[:, 1:]
@@ -182,12 +183,20 @@ def loss_on_batch(model: Mamba2LM, tok: Tokenizer, cfg: TrainConfig, k: int, bat
         seqs = [passage_ids(tok, d, cfg.max_tokens) for ex in batch for d in ex.docs]
         states = encode_groups(model, seqs, tok.pad_id, cfg.ckpt_group, grad=not cfg.freeze_encoder)
         pooled = pool_states(states, k, cfg.pool)
-        inp, tgt, mask = _decoder_batch(tok, [[] for _ in batch], batch, cfg.loss_on_question, dev)
+        qas, owner = [], []  # each question, and the example (soup) it is asked of
+        for i, ex in enumerate(batch):
+            for qa in [(ex.question, ex.answer)] + ex.extra[: cfg.extra_questions]:
+                qas.append(qa)
+                owner.append(i)
+        if len(qas) > len(batch):
+            sel = torch.tensor(owner, device=dev)
+            pooled = [type(st)(*(t.index_select(0, sel) for t in st)) for st in pooled]
+        inp, tgt, mask = _decoder_batch(tok, [[] for _ in qas], qas, cfg.loss_on_question, dev)
         logits, _ = model(inp, pooled)
         n_tok = sum(len(s) for s in seqs) + inp.numel()
     else:
         prefixes = [concat_ids(tok, ex.docs, cfg.max_tokens) for ex in batch]
-        inp, tgt, mask = _decoder_batch(tok, prefixes, batch, cfg.loss_on_question, dev)
+        inp, tgt, mask = _decoder_batch(tok, prefixes, [(ex.question, ex.answer) for ex in batch], cfg.loss_on_question, dev)
         logits, _ = model(inp)
         n_tok = inp.numel()
     ce = F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), tgt.reshape(-1), reduction="none")

@@ -539,3 +539,15 @@ def test_load_hotpot_errors(tmp_path: Path) -> None:
     p.write_text(json.dumps([{"_id": "x", "question": "q"}]), encoding="utf-8")
     with pytest.raises(RagsoupError, match="answer"):
         load_hotpot(p)
+
+
+def test_distractor_extra_questions_are_answerable_from_their_docs():
+    import random as _random
+
+    from ragsoup.tasks.needle import needle_example as _needle
+
+    ex = _needle(_random.Random(7), 6, variant="distractor", passage_chars=120)
+    assert len(ex.extra) == 3
+    for question, answer in ex.extra:
+        key = question.removeprefix("What is the special magic number for ").removesuffix("?")
+        assert any(f"The special magic number for {key} is {answer}." in d for d in ex.docs)

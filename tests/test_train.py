@@ -298,3 +298,23 @@ def test_lr_schedule_end_points():
     assert all(x >= y for x, y in zip(decay, decay[1:]))
     nowarm = replace(cfg, warmup_steps=0)
     assert lr_at(nowarm, 0) == pytest.approx(1e-3) and lr_at(nowarm, 110) == pytest.approx(1e-4)
+
+
+def test_extra_questions_add_decoder_rows_and_change_the_loss():
+    import random as _random
+
+    from ragsoup.model import Mamba2Config, Mamba2LM
+    from ragsoup.tasks import generate_example
+    from ragsoup.tokenizer import ByteTokenizer
+    from ragsoup.train import TrainConfig, loss_on_batch
+
+    torch.manual_seed(0)
+    model = Mamba2LM(Mamba2Config(d_model=32, n_layer=2, vocab_size=264, d_state=8, headdim=16, chunk_size=8))
+    rng = _random.Random(3)
+    batch = [generate_example("needle-distractor", rng, 4, passage_chars=80) for _ in range(2)]
+    base = TrainConfig(tasks="needle-distractor:1", ckpt_group=0)
+    with torch.no_grad():
+        l0, n0 = loss_on_batch(model, ByteTokenizer(), base, 4, batch)
+        l3, n3 = loss_on_batch(model, ByteTokenizer(), TrainConfig(tasks="needle-distractor:1", ckpt_group=0, extra_questions=3), 4, batch)
+    assert n3 > n0  # 2 soups x (1 + 3) questions instead of 2 x 1
+    assert not torch.isclose(l0, l3)

@@ -22,6 +22,9 @@ class SoupExample:
     # Every acceptable answer string (SQuAD / HotpotQA may list several); always contains
     # ``answer`` first. Filled in automatically when left empty.
     answers: list[str] = field(default_factory=list)
+    # Further (question, answer) pairs answerable from the same docs (other needles' keys), so that
+    # training can supervise several questions per soup at the cost of one encode.
+    extra: list[tuple[str, str]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if not self.answers:

@@ -149,11 +149,15 @@ def needle_example(
         n_other = min(k - 1, MAX_DISTRACTORS)
     else:
         n_other = 0
+    extra: list[tuple[str, str]] = []
     for _ in range(n_other):
-        docs.append(embed_sentence(rng, source, needle_sentence(kv.key(rng), kv.value(rng)), passage_chars))
+        other_key = kv.key(rng)
+        other_value = kv.value(rng)
+        docs.append(embed_sentence(rng, source, needle_sentence(other_key, other_value), passage_chars))
+        extra.append((QUESTION_TEMPLATE.format(key=other_key), other_value))
     docs += [source.passage(rng, passage_chars) for _ in range(k - 1 - n_other)]
     docs, gold = shuffle_with_gold(rng, docs, [0])
-    return SoupExample(docs=docs, question=QUESTION_TEMPLATE.format(key=key), answer=value, gold=gold)
+    return SoupExample(docs=docs, question=QUESTION_TEMPLATE.format(key=key), answer=value, gold=gold, extra=extra)
 
 
 def make_needle_corpus(
