@@ -67,13 +67,16 @@ def build_index(
     loaded = load_model(model, device=dev)
     emb = get_embedder(embedder, dev)
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise RagsoupError(f"cannot create index directory '{out}' ({exc.strerror or exc}): pass --out a writable directory") from exc
     cfg = loaded.model.cfg
     D = cfg.state_numel()
 
     # what can be reused from the index already there
     old_rows: dict[str, int] = {}
-    old_dir, rebuilt = None, ""
+    old_store, old_emb, rebuilt = None, None, ""
     if (out / "manifest.json").exists():
         try:
             old = read_manifest(out)
@@ -81,10 +84,19 @@ def build_index(
                 loaded.fingerprint, emb.name, state_dtype, chunk_chars, max_tokens)
             if same:
                 old_dir = out / old.data_dir
-                old_rows = {p.id: i for i, p in enumerate(read_passages(old_dir / "passages.jsonl"))}
+                old_passages = read_passages(old_dir / "passages.jsonl")
+                old_store = StateStore(old_dir / "states.npy", D, state_dtype)
+                try:
+                    old_emb = np.load(old_dir / "embeddings.npy", mmap_mode="r")
+                except (OSError, ValueError) as exc:
+                    raise RagsoupError(f"{old_dir / 'embeddings.npy'} is missing or corrupt ({exc})") from exc
+                if not (len(old_passages) == len(old_store) == len(old_emb) == old.n_passages) or old_emb.shape[1:] != (emb.dim,):
+                    raise RagsoupError(f"{old_dir} is inconsistent (row counts or shapes differ)")
+                old_rows = {p.id: i for i, p in enumerate(old_passages)}
             else:
                 rebuilt = "model, embedder or settings changed"
         except RagsoupError as exc:
+            old_rows, old_store, old_emb = {}, None, None
             rebuilt = f"previous index unreadable ({exc})"
     new_ids = {p.id for p in passages}
     kept_idx = [i for i, p in enumerate(passages) if p.id in old_rows]
@@ -99,8 +111,6 @@ def build_index(
         embeddings = np.zeros((N, emb.dim), dtype=np.float32)
         writer = StoreWriter(data / "states.npy", N, D, state_dtype)
         if kept_idx:  # copy reused rows
-            old_store = StateStore(old_dir / "states.npy", D, state_dtype)
-            old_emb = np.load(old_dir / "embeddings.npy", mmap_mode="r")
             src = [old_rows[passages[i].id] for i in kept_idx]
             embeddings[kept_idx] = old_emb[src]
             for j in range(0, len(kept_idx), 4096):

@@ -10,6 +10,7 @@ from typing import Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
@@ -28,7 +29,7 @@ def domain_errors(fn):
         try:
             return fn(*args, **kwargs)
         except RagsoupError as exc:
-            err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+            err.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
             raise typer.Exit(1)
         except KeyboardInterrupt:
             err.print("[bold red]interrupted[/]")
@@ -88,13 +89,13 @@ def index(
         return
     skipped = rep.skipped_binary + rep.skipped_empty
     console.print(
-        f"[green]indexed[/] {rep.n_passages} passages from {rep.n_files} files into [bold]{rep.out}[/]: "
+        f"[green]indexed[/] {rep.n_passages} passages from {rep.n_files} files into [bold]{escape(rep.out)}[/]: "
         f"added {rep.added}, kept {rep.kept}, removed {rep.removed}"
         + (f"; skipped {rep.skipped_binary} binary/non-UTF-8 and {rep.skipped_empty} empty files" if skipped else "")
         + (f"; dropped {rep.n_duplicates} duplicate passages" if rep.n_duplicates else "")
     )
     if rep.rebuilt:
-        console.print(f"[yellow]re-encoded everything:[/] {rep.rebuilt}")
+        console.print(f"[yellow]re-encoded everything:[/] {escape(rep.rebuilt)}")
     s = rep.seconds
     console.print(
         f"time: embedding {s.get('embed', 0):.1f}s, state encoding {s.get('encode', 0):.1f}s (concurrently), total {s['total']:.1f}s"
@@ -130,11 +131,11 @@ def ask(
         return
     res = engine.ask(question, k=k, pool=pool, max_new_tokens=max_new_tokens)
     for n in res.notices:
-        err.print(f"[yellow]notice:[/] {n}")
+        err.print(f"[yellow]notice:[/] {escape(n)}", soft_wrap=True)
     if json_out:
         _print_json(res.to_json())
         return
-    console.print(f"[bold green]{res.answer or '(empty answer)'}[/]")
+    console.print(f"[bold green]{escape(res.answer) if res.answer else '(empty answer)'}[/]", highlight=False)
     table = Table(title=f"top-{res.k} passages, souped with {res.pool}", show_lines=False)
     table.add_column("#", justify="right")
     table.add_column("score", justify="right")
@@ -142,7 +143,7 @@ def ask(
     table.add_column("passage")
     for i, p in enumerate(res.passages, 1):
         snippet = p["text"] if len(p["text"]) <= 100 else p["text"][:97] + "..."
-        table.add_row(str(i), f"{p['score']:.3f}", p["title"] or p["source"], snippet)
+        table.add_row(str(i), f"{p['score']:.3f}", escape(p["title"] or p["source"]), escape(snippet))
     console.print(table)
     t = res.timings_ms
     console.print(" | ".join(f"{name} {t[name]:.1f} ms" for name in ("retrieve", "load", "soup", "decode", "total")))
@@ -155,7 +156,7 @@ def _ask_file(engine, path: Path, k: int, pool: str, max_new_tokens: int, json_o
 
     qs = read_questions(path)
     rows, em_sum, f1_sum = [], 0.0, 0.0
-    table = Table(title=f"{len(qs)} questions from {path} (k={k}, {pool})")
+    table = Table(title=escape(f"{len(qs)} questions from {path} (k={k}, {pool})"))
     for col in ("question", "expected", "answer", "ok"):
         table.add_column(col)
     for q in qs:
@@ -164,7 +165,7 @@ def _ask_file(engine, path: Path, k: int, pool: str, max_new_tokens: int, json_o
         em_sum, f1_sum = em_sum + em, f1_sum + f1
         rows.append({"question": q["question"], "expected": q["answer"], "answer": res.answer, "em": em, "f1": f1,
                      "total_ms": res.timings_ms["total"]})
-        table.add_row(q["question"], q["answer"], res.answer, "[green]yes[/]" if em else "[red]no[/]")
+        table.add_row(escape(q["question"]), escape(q["answer"]), escape(res.answer), "[green]yes[/]" if em else "[red]no[/]")
     n = max(len(qs), 1)
     summary = {"n": len(qs), "k": k, "pool": pool, "em": 100 * em_sum / n, "f1": 100 * f1_sum / n}
     if json_out:
@@ -192,6 +193,10 @@ def train(
     freeze_encoder: bool = typer.Option(False, "--freeze-encoder", help="Decoder-only finetuning: no gradient through passage encodes."),
     loss_on_question: bool = typer.Option(False, "--loss-on-question", help="Also train on the question tokens."),
     ckpt_group: Optional[int] = typer.Option(None, help="Passages per activation-checkpointed group (0: off)."),
+    extra_questions: Optional[int] = typer.Option(None, help="Also supervise up to N other needles' questions per soup."),
+    bank_size: Optional[int] = typer.Option(None, help="Filler-state bank size (0: off); with it only --fresh-max passages per example get gradient."),
+    bank_refresh: Optional[int] = typer.Option(None, help="Steps between re-encodes of the filler bank."),
+    fresh_max: Optional[int] = typer.Option(None, help="With a bank: passages per example encoded with gradient."),
     eval_every: Optional[int] = typer.Option(None, help="Held-out EM per k every N steps (0: off)."),
     eval_ks: Optional[str] = typer.Option(None, help="k values for held-out EM, e.g. 1,4,16."),
     init: Optional[str] = typer.Option(None, help="Start from this checkpoint (or shipped model name)."),
@@ -211,7 +216,8 @@ def train(
     base = dict(PRESETS[preset]) if preset else {}
     given = dict(out=out, tasks=tasks, mode=mode, pool=pool, k_min=k_min, k_max=k_max, k_ramp_steps=k_ramp_steps,
                  steps=steps, batch_size=batch_size, lr=lr, seed=seed, ckpt_group=ckpt_group, eval_every=eval_every,
-                 eval_ks=eval_ks, init=init, tokenizer=tokenizer)
+                 eval_ks=eval_ks, init=init, tokenizer=tokenizer, extra_questions=extra_questions, bank_size=bank_size,
+                 bank_refresh=bank_refresh, fresh_max=fresh_max)
     base.update({k: v for k, v in given.items() if v is not None})
     if freeze_encoder:
         base["freeze_encoder"] = True

@@ -52,9 +52,13 @@ def read_manifest(index_dir: Path) -> Manifest:
         raise RagsoupError(f"no index at {index_dir}: build one with `ragsoup index CORPUS --out {index_dir}`")
     try:
         raw = json.loads(path.read_text())
+        if not isinstance(raw, dict):
+            raise TypeError(f"expected a JSON object, got {type(raw).__name__}")
         names = {f.name for f in fields(Manifest)}
         m = Manifest(**{k: v for k, v in raw.items() if k in names})
-    except (ValueError, TypeError) as exc:
+        if not isinstance(m.data_dir, str) or not m.data_dir:
+            raise TypeError("data_dir is not a folder name")
+    except (OSError, ValueError, TypeError) as exc:
         raise RagsoupError(f"{path} is corrupt ({exc}): rebuild the index with `ragsoup index`") from exc
     if m.format_version != FORMAT_VERSION:
         raise RagsoupError(f"{path} has format {m.format_version}, this ragsoup reads {FORMAT_VERSION}: rebuild the index")

@@ -52,6 +52,12 @@ class TrainConfig:
     freeze_encoder: bool = False
     loss_on_question: bool = False
     extra_questions: int = 0  # also supervise up to N further questions per soup (other needles' keys)
+    # Filler bank (off when 0): at most fresh_max passages per example are encoded with gradient; the other
+    # k - fresh_max are filler states drawn from a bank re-encoded by the current model every bank_refresh
+    # steps (no gradient). Linear pools only. Makes training at k in the hundreds affordable on a CPU.
+    bank_size: int = 0
+    bank_refresh: int = 25
+    fresh_max: int = 8
     ckpt_group: int = 16  # passages per activation-checkpointed encode group; 0 = no checkpointing
     passage_chars: int = 200
     max_tokens: int = 512
@@ -113,9 +119,10 @@ def make_batch(cfg: TrainConfig, step: int) -> tuple[int, list[SoupExample]]:
     rng = random.Random(f"{cfg.seed}:{step}")
     mix = parse_mix(cfg.tasks)
     k = k_for_step(cfg, rng, step)
+    k_fresh = min(k, cfg.fresh_max) if cfg.bank_size > 0 else k
     names, weights = zip(*mix)
     batch = [
-        generate_example(rng.choices(names, weights)[0], rng, k, passage_chars=cfg.passage_chars)
+        generate_example(rng.choices(names, weights)[0], rng, k_fresh, passage_chars=cfg.passage_chars)
         for _ in range(cfg.batch_size)
     ]
     return k, batch
@@ -147,6 +154,11 @@ def lr_at(cfg: TrainConfig, step: int) -> float:
 
 def encode_groups(model: Mamba2LM, seqs: list[list[int]], pad_id: int, group: int, grad: bool) -> States:
     """Encode passages independently, ``group`` at a time, each group activation-checkpointed when training."""
+    return unflatten_states(encode_rows(model, seqs, pad_id, group, grad), model.cfg)
+
+
+def encode_rows(model: Mamba2LM, seqs: list[list[int]], pad_id: int, group: int, grad: bool) -> torch.Tensor:
+    """Like ``encode_groups`` but returns flat state rows [n, D]."""
     rows = []
     size = group if group > 0 else len(seqs)
     for i in range(0, len(seqs), size):
@@ -159,7 +171,35 @@ def encode_groups(model: Mamba2LM, seqs: list[list[int]], pad_id: int, group: in
         else:
             with torch.no_grad():
                 rows.append(fn(ids, lengths))
-    return unflatten_states(torch.cat(rows, 0), model.cfg)
+    return torch.cat(rows, 0)
+
+
+class FillerBank:
+    """Filler passages' state rows, encoded without gradient by the model as it is at refresh time."""
+
+    def __init__(self, cfg: TrainConfig) -> None:
+        if cfg.pool not in ("mean", "sum"):
+            raise RagsoupError(f"--bank-size needs a linear pool (mean or sum), not '{cfg.pool}'")
+        self.cfg = cfg
+        self.rows: torch.Tensor | None = None
+
+    def refresh(self, model: Mamba2LM, tok: Tokenizer, step: int) -> None:
+        """Re-encode bank_size fresh filler passages with the current weights."""
+        from ragsoup.tasks.filler import FillerSource
+
+        rng = random.Random(f"bank:{self.cfg.seed}:{step}")
+        src = FillerSource()
+        seqs = [passage_ids(tok, src.passage(rng, self.cfg.passage_chars), self.cfg.max_tokens)
+                for _ in range(self.cfg.bank_size)]
+        self.rows = encode_rows(model, seqs, tok.pad_id, 64, grad=False).float()
+
+    def sums(self, n_each: int, batch: int, step: int) -> torch.Tensor:
+        """[batch, D]: for each example, the sum of n_each bank rows drawn with replacement."""
+        gen = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + step)
+        idx = torch.randint(0, self.rows.shape[0], (batch, n_each), generator=gen)
+        counts = torch.zeros(batch, self.rows.shape[0])
+        counts.scatter_add_(1, idx, torch.ones(batch, n_each))
+        return counts.to(self.rows.device) @ self.rows
 
 
 def _decoder_batch(tok: Tokenizer, prefixes: list[list[int]], qas: list[tuple[str, str]], loss_on_question: bool, device):
@@ -176,13 +216,23 @@ def _decoder_batch(tok: Tokenizer, prefixes: list[list[int]], qas: list[tuple[st
     return inp, tgt, mask
 
 
-def loss_on_batch(model: Mamba2LM, tok: Tokenizer, cfg: TrainConfig, k: int, batch: list[SoupExample]) -> tuple[torch.Tensor, int]:
-    """Mean answer-token cross-entropy of one batch, and the number of tokens processed."""
+def loss_on_batch(model: Mamba2LM, tok: Tokenizer, cfg: TrainConfig, k: int, batch: list[SoupExample],
+                  bank: FillerBank | None = None, step: int = 0) -> tuple[torch.Tensor, int]:
+    """Mean answer-token cross-entropy of one batch, and the number of tokens processed.
+
+    Each example holds k passages, or (with a filler bank) len(docs) fresh ones plus k - len(docs) from the bank.
+    """
     dev = model.device
     if cfg.mode == "soup":
         seqs = [passage_ids(tok, d, cfg.max_tokens) for ex in batch for d in ex.docs]
-        states = encode_groups(model, seqs, tok.pad_id, cfg.ckpt_group, grad=not cfg.freeze_encoder)
-        pooled = pool_states(states, k, cfg.pool)
+        k_fresh = len(batch[0].docs)
+        if bank is not None and k > k_fresh:
+            rows = encode_rows(model, seqs, tok.pad_id, cfg.ckpt_group, grad=not cfg.freeze_encoder)
+            total = rows.view(len(batch), k_fresh, -1).sum(1) + bank.sums(k - k_fresh, len(batch), step)
+            pooled = unflatten_states(total / k if cfg.pool == "mean" else total, model.cfg)
+        else:
+            states = encode_groups(model, seqs, tok.pad_id, cfg.ckpt_group, grad=not cfg.freeze_encoder)
+            pooled = pool_states(states, k_fresh, cfg.pool)
         qas, owner = [], []  # each question, and the example (soup) it is asked of
         for i, ex in enumerate(batch):
             for qa in [(ex.question, ex.answer)] + ex.extra[: cfg.extra_questions]:
@@ -276,14 +326,19 @@ def train(cfg: TrainConfig, resume: bool = False, on_log: Log | None = None, dev
             on_log(rec)
 
     use_amp = torch.device(device).type == "cuda"
+    bank = FillerBank(cfg) if cfg.bank_size > 0 else None
     t_last, ex_acc, tok_acc = time.perf_counter(), 0, 0
     try:
         while step < cfg.steps:
             k, batch = make_batch(cfg, step)
             for g in opt.param_groups:
                 g["lr"] = lr_at(cfg, step)
+            if bank is not None and (bank.rows is None or step % cfg.bank_refresh == 0):
+                model.eval()
+                bank.refresh(model, tok, step)
+                model.train()
             with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_amp):
-                loss, n_tok = loss_on_batch(model, tok, cfg, k, batch)
+                loss, n_tok = loss_on_batch(model, tok, cfg, k, batch, bank, step)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)

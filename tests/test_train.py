@@ -318,3 +318,38 @@ def test_extra_questions_add_decoder_rows_and_change_the_loss():
         l3, n3 = loss_on_batch(model, ByteTokenizer(), TrainConfig(tasks="needle-distractor:1", ckpt_group=0, extra_questions=3), 4, batch)
     assert n3 > n0  # 2 soups x (1 + 3) questions instead of 2 x 1
     assert not torch.isclose(l0, l3)
+
+
+def test_filler_bank_training_step_runs_and_matches_plain_soup_when_k_fits():
+    from ragsoup.model import Mamba2Config, Mamba2LM
+    from ragsoup.tokenizer import ByteTokenizer
+    from ragsoup.train import FillerBank, TrainConfig, loss_on_batch, make_batch
+
+    torch.manual_seed(0)
+    model = Mamba2LM(Mamba2Config(d_model=32, n_layer=2, vocab_size=264, d_state=8, headdim=16, chunk_size=8))
+    tok = ByteTokenizer()
+    cfg = TrainConfig(tasks="needle:1", k_min=16, k_max=16, batch_size=2, passage_chars=80, ckpt_group=0,
+                      bank_size=6, fresh_max=3)
+    k, batch = make_batch(cfg, 0)
+    assert k == 16 and all(len(ex.docs) == 3 for ex in batch)
+    bank = FillerBank(cfg)
+    bank.refresh(model, tok, 0)
+    assert bank.rows.shape == (6, model.cfg.state_numel())
+    sums = bank.sums(13, 2, step=0)
+    assert sums.shape == (2, model.cfg.state_numel())
+    loss, _ = loss_on_batch(model, tok, cfg, k, batch, bank, 0)
+    loss.backward()
+    assert torch.isfinite(loss) and model.backbone.layers[0].mixer.in_proj.weight.grad.abs().sum() > 0
+    # when every passage is fresh (k <= fresh_max) the bank is not used: same loss as without it
+    with torch.no_grad():
+        a, _ = loss_on_batch(model, tok, cfg, 3, batch, bank, 0)
+        b, _ = loss_on_batch(model, tok, cfg, 3, batch, None, 0)
+    assert torch.allclose(a, b)
+
+
+def test_filler_bank_rejects_nonlinear_pools():
+    from ragsoup.errors import RagsoupError
+    from ragsoup.train import FillerBank, TrainConfig
+
+    with pytest.raises(RagsoupError):
+        FillerBank(TrainConfig(pool="max", bank_size=4))
