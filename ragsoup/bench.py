@@ -65,15 +65,6 @@ def percentile(values: Sequence[float], q: float) -> float:
     return float(np.percentile(np.asarray(values, dtype=np.float64), q)) if len(values) else float("nan")
 
 
-def set_threads(threads: int | None) -> None:
-    """Set torch's CPU threads (None: leave torch's choice; 1 avoids OpenMP stalls on a busy machine)."""
-    import torch
-
-    _check_positive("--threads", threads)
-    if threads:
-        torch.set_num_threads(threads)
-
-
 def _check_positive(name: str, value: int | None) -> None:
     if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
         raise RagsoupError(f"{name} must be at least 1 (got {value})")

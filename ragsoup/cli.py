@@ -60,11 +60,14 @@ def index(
     factory: str = typer.Option("Flat", help="FAISS index factory string (inner product), e.g. IVF256,Flat for big corpora."),
     chunk_chars: int = typer.Option(600, help="Maximum passage length in characters (sentence-aware chunking)."),
     state_dtype: str = typer.Option("float16", help="float16 or float32."),
+    threads: Optional[int] = typer.Option(None, help="torch CPU threads (default: torch's choice)."),
     json_out: bool = typer.Option(False, "--json", help="Print one JSON object instead of tables."),
 ) -> None:
     """Index a corpus: FAISS over embeddings + every passage's cached Mamba2 state."""
     from ragsoup.build import build_index
+    from ragsoup.device import set_threads
 
+    set_threads(threads)
     if batch_size <= 0:
         raise RagsoupError(f"--batch-size must be at least 1 (got {batch_size})")
     if state_dtype not in ("float16", "float32"):
@@ -113,11 +116,14 @@ def ask(
     max_new_tokens: int = typer.Option(32, help="Answer length limit in tokens."),
     model: Optional[str] = typer.Option(None, help="Override the index's model (must be the one it was built with)."),
     device: str = typer.Option("auto", help="auto, cpu or cuda."),
+    threads: Optional[int] = typer.Option(None, help="torch CPU threads (default: torch's choice)."),
     json_out: bool = typer.Option(False, "--json", help="Print exactly one JSON object."),
 ) -> None:
     """Answer a question from the soup of its top-k passages' cached states."""
     from ragsoup.ask import Engine
+    from ragsoup.device import set_threads
 
+    set_threads(threads)
     from ragsoup.soup import check_pool
 
     if questions is None and not (question or "").strip():
@@ -202,13 +208,13 @@ def train(
     init: Optional[str] = typer.Option(None, help="Start from this checkpoint (or shipped model name)."),
     tokenizer: Optional[str] = typer.Option(None, help="bytes or bpe:VOCAB (new models only)."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last checkpoint."),
+    until: Optional[int] = typer.Option(None, help="Stop after this step (the schedule still spans --steps); resume later."),
     device: str = typer.Option("auto", help="auto, cpu or cuda."),
     threads: Optional[int] = typer.Option(None, help="torch CPU threads (default: torch's choice)."),
 ) -> None:
     """Soup-finetune a Mamba2 (encoder and decoder are the same model) on generated tasks."""
-    import torch
 
-    from ragsoup.device import pick_device
+    from ragsoup.device import pick_device, set_threads
     from ragsoup.train import PRESETS, TrainConfig, train as run_train
 
     if preset is not None and preset not in PRESETS:
@@ -217,7 +223,7 @@ def train(
     given = dict(out=out, tasks=tasks, mode=mode, pool=pool, k_min=k_min, k_max=k_max, k_ramp_steps=k_ramp_steps,
                  steps=steps, batch_size=batch_size, lr=lr, seed=seed, ckpt_group=ckpt_group, eval_every=eval_every,
                  eval_ks=eval_ks, init=init, tokenizer=tokenizer, extra_questions=extra_questions, bank_size=bank_size,
-                 bank_refresh=bank_refresh, fresh_max=fresh_max)
+                 bank_refresh=bank_refresh, fresh_max=fresh_max, until=until)
     base.update({k: v for k, v in given.items() if v is not None})
     if freeze_encoder:
         base["freeze_encoder"] = True
@@ -227,9 +233,7 @@ def train(
         saved = json.loads((Path(base.get("out", "runs/default")) / "train_config.json").read_text())
         base = {**saved, **{k: v for k, v in given.items() if v is not None}}
     cfg = TrainConfig.from_dict(base)
-    if threads:
-        torch.set_num_threads(threads)
-    torch.set_flush_denormal(True)
+    set_threads(threads)
     dev = pick_device(device)
     with Progress(TextColumn("[bold]training"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
                   TimeElapsedColumn(), TimeRemainingColumn(), console=err) as prog:
@@ -286,7 +290,8 @@ def eval_cmd(
     json_out: bool = typer.Option(False, "--json", help="Print exactly one JSON object."),
 ) -> None:
     """Answer quality alone: each question's gold + distractor passages are given (no retrieval)."""
-    from ragsoup.bench import run_eval, set_threads
+    from ragsoup.bench import run_eval
+    from ragsoup.device import set_threads
 
     set_threads(threads)
     with _progress() as prog:
@@ -337,7 +342,8 @@ def bench(
     json_out: bool = typer.Option(False, "--json", help="Print exactly one JSON object."),
 ) -> None:
     """Retrieval sweep over k: soup (cached states) vs concat (re-encode), EM, recall, latency, memory."""
-    from ragsoup.bench import BenchConfig, run_bench, set_threads, write_results
+    from ragsoup.bench import BenchConfig, run_bench, write_results
+    from ragsoup.device import set_threads
 
     set_threads(threads)
     mode_list = tuple(m.strip() for m in modes.split(",") if m.strip())

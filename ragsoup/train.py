@@ -66,6 +66,7 @@ class TrainConfig:
     eval_n: int = 32
     save_every: int = 250
     init: str | None = None
+    until: int = 0  # stop after this step (0: at `steps`); the schedule still spans `steps` (resumable chunks)
     tokenizer: str = "bpe:2048"  # "bytes" or "bpe:VOCAB" (trained on a sample of the task mix)
     model: dict = field(default_factory=dict)  # Mamba2Config fields (ignored with init)
 
@@ -83,6 +84,14 @@ PRESETS: dict[str, dict] = {
         steps=3000, batch_size=8, lr=2e-3, warmup_steps=100, passage_chars=200, eval_every=500, eval_ks="1,4,16,64",
         eval_n=32, save_every=250, ckpt_group=0,
         model=dict(d_model=256, n_layer=4, d_state=64, headdim=64, expand=2, chunk_size=64),
+    ),
+    # stage 2 of the shipped default model: from stage 1's checkpoint, k up to 512 through a filler bank,
+    # several questions per soup (see docs/models.md)
+    "default-k512": dict(
+        out="runs/default-k512", init="runs/default/last", tasks="needle:3,needle-distractor:3,two-hop:1",
+        k_min=1, k_max=512, k_ramp_steps=300, steps=900, batch_size=8, lr=1e-3, warmup_steps=30, passage_chars=200,
+        eval_every=300, eval_ks="4,16,64,256", eval_n=32, save_every=100, ckpt_group=0, extra_questions=3,
+        bank_size=512, bank_refresh=20, fresh_max=8,
     ),
     # seconds-long smoke run
     "tiny": dict(
@@ -329,7 +338,8 @@ def train(cfg: TrainConfig, resume: bool = False, on_log: Log | None = None, dev
     bank = FillerBank(cfg) if cfg.bank_size > 0 else None
     t_last, ex_acc, tok_acc = time.perf_counter(), 0, 0
     try:
-        while step < cfg.steps:
+        stop = min(cfg.steps, cfg.until) if cfg.until > 0 else cfg.steps
+        while step < stop:
             k, batch = make_batch(cfg, step)
             for g in opt.param_groups:
                 g["lr"] = lr_at(cfg, step)
@@ -351,11 +361,11 @@ def train(cfg: TrainConfig, resume: bool = False, on_log: Log | None = None, dev
                    "grad_norm": round(float(gnorm), 4), "ex_per_s": round(ex_acc / (now - t_last), 2),
                    "tok_per_s": round(tok_acc / (now - t_last), 1)}
             t_last, ex_acc, tok_acc = now, 0, 0
-            if cfg.eval_every > 0 and (step % cfg.eval_every == 0 or step == cfg.steps):
+            if cfg.eval_every > 0 and (step % cfg.eval_every == 0 or step == stop):
                 rec["eval"] = run_eval(model, tok, cfg, sets)
                 t_last = time.perf_counter()
             log(rec)
-            if step % cfg.save_every == 0 or step == cfg.steps:
+            if step % cfg.save_every == 0 or step == stop:
                 _save(model, tok, opt, cfg, step, out)
                 t_last = time.perf_counter()
     finally:
