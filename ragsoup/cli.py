@@ -392,6 +392,22 @@ def bench(
         console.print(f"[green]wrote[/] {f}")
 
 
+@app.command()
+@domain_errors
+def doctor(json_out: bool = typer.Option(False, "--json", help="Print one JSON object.")) -> None:
+    """Report Python, torch, CUDA, the active scan kernel, the embedding model, disk and memory."""
+    from ragsoup.doctor import report
+
+    rep = report()
+    if json_out:
+        _print_json(rep)
+        return
+    table = Table(title="ragsoup doctor", show_header=False)
+    for key, val in rep.items():
+        table.add_row(key, escape(str(val)))
+    console.print(table)
+
+
 def main() -> None:
     """Console-script entry point."""
     logging.basicConfig(level=logging.WARNING, format="%(message)s")

@@ -17,18 +17,30 @@ from ragsoup import ssd
 log = logging.getLogger("ragsoup.kernels")
 
 
+_NOTE = {"why": "not checked yet"}
+
+
 @lru_cache(maxsize=1)
 def fused_scan():
     """Return mamba_ssm's Triton SSD scan, or None (with the reason logged once) when it cannot run."""
     if not torch.cuda.is_available():
-        log.info("fused kernels off: no CUDA device; using the PyTorch reference scan")
+        _NOTE["why"] = "no CUDA device: PyTorch reference scan"
+        log.info("fused kernels off: %s", _NOTE["why"])
         return None
     try:  # the Triton module alone: avoids importing mamba_ssm's compiled extensions
         from mamba_ssm.ops.triton.ssd_combined import mamba_chunk_scan_combined
     except Exception as exc:  # noqa: BLE001 - any import failure means: fall back
-        log.warning("fused kernels off (%s); install ragsoup[gpu] for them", exc)
+        _NOTE["why"] = f"mamba_ssm Triton scan not importable ({exc}); install ragsoup[gpu]"
+        log.warning("fused kernels off: %s", _NOTE["why"])
         return None
+    _NOTE["why"] = "mamba_ssm Triton SSD scan active on CUDA"
     return mamba_chunk_scan_combined
+
+
+def status_note() -> str:
+    """One line saying which scan runs and why."""
+    fused_scan()
+    return _NOTE["why"]
 
 
 def active_backend(device: torch.device | str) -> str:
