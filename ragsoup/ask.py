@@ -96,3 +96,39 @@ class Engine:
         ms = lambda a, b: round((b - a) * 1000, 3)  # noqa: E731
         timings = {"retrieve": ms(t0, t1), "load": ms(t1, t2), "soup": ms(t2, t3), "decode": ms(t3, t4), "total": ms(t0, t4)}
         return AskResult(question, answer, k, pool, passages, timings, notices)
+
+
+def ask_document(
+    doc: str | Path, question: str, model: str | Path | None = None, chunk_chars: int = 200, pool: str = "mean",
+    max_new_tokens: int = 32, device: str = "auto",
+) -> AskResult:
+    """Long-document mode: split one document into segments, encode each alone, soup them all, answer."""
+    from ragsoup.corpus import chunk_text
+    from ragsoup.evaluate import soup_state
+
+    question = question.strip()
+    if not question:
+        raise RagsoupError("the question is empty: ask something, e.g. ragsoup ask --doc FILE \"What is ...?\"")
+    check_pool(pool)
+    path = Path(doc)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise RagsoupError(f"document {path} does not exist") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise RagsoupError(f"cannot read {path} as UTF-8 text ({exc})") from exc
+    segments = chunk_text(text, max_chars=chunk_chars)
+    if not segments:
+        raise RagsoupError(f"document {path} is empty")
+    dev = pick_device(device)
+    loaded = load_model(model, device=dev)
+    t0 = time.perf_counter()
+    states = soup_state(loaded.model, loaded.tokenizer, segments, pool)
+    t1 = time.perf_counter()
+    answer = generate(loaded.model, loaded.tokenizer, states, [question], max_new_tokens)[0]
+    t2 = time.perf_counter()
+    passages = [{"id": f"{path.name}#{i}", "score": 0.0, "text": s, "title": path.name, "source": str(path)}
+                for i, s in enumerate(segments)]
+    timings = {"retrieve": 0.0, "load": 0.0, "soup": round((t1 - t0) * 1000, 3), "decode": round((t2 - t1) * 1000, 3),
+               "total": round((t2 - t0) * 1000, 3)}
+    return AskResult(question, answer, len(segments), pool, passages, timings)

@@ -110,6 +110,8 @@ def index(
 def ask(
     question: Optional[str] = typer.Argument(None, help="The question."),
     questions: Optional[Path] = typer.Option(None, "--questions", help="A questions.jsonl file (question, answer): answer each and report EM/F1."),
+    doc: Optional[Path] = typer.Option(None, "--doc", help="Long-document mode: soup every segment of this file (no index)."),
+    chunk_chars: int = typer.Option(200, help="With --doc: segment length in characters."),
     index_dir: Optional[Path] = typer.Option(None, "--index", help="Index directory (default: indexes/demo)."),
     k: int = typer.Option(5, "--k", help="Passages to retrieve and soup."),
     pool: str = typer.Option("mean", help="mean, sum, max, sum-norm or norm-mean."),
@@ -131,18 +133,30 @@ def ask(
     if k <= 0:
         raise RagsoupError(f"--k must be at least 1 (got {k})")
     check_pool(pool)
+    if doc is not None:
+        from ragsoup.ask import ask_document
+
+        res = ask_document(doc, question or "", model=model, chunk_chars=chunk_chars, pool=pool,
+                           max_new_tokens=max_new_tokens, device=device)
+        _render_answer(res, json_out, title=f"{res.k} segments of {doc}, souped with {res.pool}")
+        return
     engine = Engine(index_dir, model=model, device=device)
     if questions is not None:
         _ask_file(engine, questions, k, pool, max_new_tokens, json_out)
         return
     res = engine.ask(question, k=k, pool=pool, max_new_tokens=max_new_tokens)
+    _render_answer(res, json_out, title=f"top-{res.k} passages, souped with {res.pool}")
+
+
+def _render_answer(res, json_out: bool, title: str) -> None:
+    """Print one AskResult: the JSON object, or the answer, a passage table and the stage timings."""
     for n in res.notices:
         err.print(f"[yellow]notice:[/] {escape(n)}", soft_wrap=True)
     if json_out:
         _print_json(res.to_json())
         return
     console.print(f"[bold green]{escape(res.answer) if res.answer else '(empty answer)'}[/]", highlight=False)
-    table = Table(title=f"top-{res.k} passages, souped with {res.pool}", show_lines=False)
+    table = Table(title=escape(title), show_lines=False)
     table.add_column("#", justify="right")
     table.add_column("score", justify="right")
     table.add_column("source")
@@ -153,7 +167,6 @@ def ask(
     console.print(table)
     t = res.timings_ms
     console.print(" | ".join(f"{name} {t[name]:.1f} ms" for name in ("retrieve", "load", "soup", "decode", "total")))
-
 
 def _ask_file(engine, path: Path, k: int, pool: str, max_new_tokens: int, json_out: bool) -> None:
     """Answer every question of a questions.jsonl file; print each and the EM/F1 totals."""

@@ -641,3 +641,16 @@ def test_ask_damaged_index_file_then_rebuild(copy, name, damage):
         assert rep["rebuilt"].startswith("previous index unreadable") and rep["added"] == N_DOCS
     assert len(data_dirs(out)) == 1
     assert ask_json(out, "tea", "--k", "2")["k"] == 2
+
+
+def test_ask_doc_soups_every_segment(model_a, tmp_path):
+    doc = tmp_path / "long.txt"
+    doc.write_text(" ".join(f"Sentence number {w} of the long document is here." for w in ["one", "two", "three", "four", "five", "six"]))
+    out = one_json(run("ask", "What is in the document?", "--doc", str(doc), "--model", str(model_a), "--chunk-chars", "60", "--json"))
+    assert out["k"] == len(out["passages"]) >= 4  # every segment is souped
+    assert " ".join(p["text"] for p in out["passages"]).count("Sentence number") == 6
+    assert set(out["timings_ms"]) == {"retrieve", "load", "soup", "decode", "total"}
+
+
+def test_ask_doc_missing_file_is_one_error_line(model_a, tmp_path):
+    assert_error(run("ask", "q?", "--doc", str(tmp_path / "nope.txt"), "--model", str(model_a)), "does not exist")
