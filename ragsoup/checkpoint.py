@@ -49,11 +49,18 @@ def atomic_write_json(path: Path, obj) -> None:
 
 
 def fingerprint(path: Path) -> str:
-    """Model identity: sha256 over config.json and the weight files, 16 hex chars."""
+    """Model identity: sha256 over config.json and the weight files, 16 hex chars.
+
+    Weight files are *.safetensors and (published mamba_ssm checkpoints) *.bin, read in 1 MiB blocks; a ragsoup
+    checkpoint has no .bin, so its fingerprint is what it always was.
+    """
     h = hashlib.sha256()
-    for name in ["config.json", *sorted(p.name for p in Path(path).glob("*.safetensors"))]:
+    weights = sorted(p.name for pat in ("*.safetensors", "*.bin") for p in Path(path).glob(pat))
+    for name in ["config.json", *weights]:
         h.update(name.encode())
-        h.update((Path(path) / name).read_bytes())
+        with open(Path(path) / name, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
     return h.hexdigest()[:16]
 
 
@@ -91,8 +98,17 @@ def save_checkpoint(model: Mamba2LM, tok: Tokenizer, path: Path, meta: dict | No
 def load_model(name_or_path: str | Path | None = None, device: str | torch.device = "cpu") -> Loaded:
     """Load a checkpoint directory (or shipped model name) onto ``device`` in eval mode."""
     path = resolve_model_path(name_or_path)
+    # --- layout dispatch: published transformers / mamba_ssm Mamba2 directories go to ragsoup.external ---
     try:
         conf = json.loads((path / "config.json").read_text())
+    except (OSError, ValueError) as exc:
+        raise RagsoupError(f"cannot load model from {path}: {exc}") from exc
+    from ragsoup.external import detect_layout, load_external
+
+    if detect_layout(conf) != "ragsoup":
+        return load_external(path, conf, device)
+    # --- end layout dispatch ---
+    try:
         cfg = Mamba2Config.from_dict(conf["model"])
         sd = load_file(str(path / "model.safetensors"))
     except (OSError, KeyError, ValueError) as exc:
