@@ -93,6 +93,13 @@ PRESETS: dict[str, dict] = {
         eval_every=300, eval_ks="4,16,64,256", eval_n=32, save_every=100, ckpt_group=0, extra_questions=3,
         bank_size=512, bank_refresh=20, fresh_max=8,
     ),
+    # stage 3 of the shipped default model: more key matching (distractor and multi-key needles), k up to 256
+    "default-keys": dict(
+        out="runs/default-keys", init="runs/default-k512/last",
+        tasks="needle:2,needle-distractor:4,needle-multikey:1,two-hop:1", k_min=1, k_max=256, k_ramp_steps=100,
+        steps=1000, batch_size=8, lr=7e-4, warmup_steps=20, passage_chars=200, eval_every=250, eval_ks="4,16,64,256",
+        eval_n=32, save_every=100, ckpt_group=0, extra_questions=3, bank_size=512, bank_refresh=20, fresh_max=8,
+    ),
     # seconds-long smoke run
     "tiny": dict(
         out="runs/tiny", tasks="needle:1", k_min=1, k_max=4, steps=20, batch_size=4, lr=3e-3, warmup_steps=2,
