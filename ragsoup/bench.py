@@ -117,7 +117,7 @@ def _examples_from_corpus_dir(data: Path, rng: random.Random, k: int, limit: int
 
 
 def eval_examples(task: str, data: str | Path | None, k: int, limit: int | None, seed: int,
-                  passage_chars: int = DEFAULT_PASSAGE_CHARS) -> list:
+                  passage_chars: int = DEFAULT_PASSAGE_CHARS, filler: str | Path | None = None) -> list:
     """The SoupExamples `eval` scores: from a SQuAD/HotpotQA file, a make-corpus directory, or generated."""
     from ragsoup.tasks import generate_example
 
@@ -154,14 +154,19 @@ def eval_examples(task: str, data: str | Path | None, k: int, limit: int | None,
             raise RagsoupError(f"--data file not found: {path}")
         return _examples_from_corpus_dir(path, rng, k, limit)
     n = limit if limit is not None else 200
-    return [generate_example(task, rng, k, passage_chars=passage_chars) for _ in range(n)]
+    kw = {}
+    if filler is not None:  # real prose haystacks (a .txt, or a Gutenberg .jsonl(.gz) shard)
+        from ragsoup.tasks.filler import ProseFiller
+
+        kw["filler"] = ProseFiller(filler)
+    return [generate_example(task, rng, k, passage_chars=passage_chars, **kw) for _ in range(n)]
 
 
 def run_eval(task: str, data: str | Path | None = None, k: int = 5, mode: str = "soup", pool: str = "mean",
              limit: int | None = None, model: str | Path | None = None, seed: int = 0, device: str = "auto",
              batch_size: int = 8, max_new_tokens: int = 32, max_tokens: int = 1024,
              on_start: Callable[[int], None] | None = None,
-             on_batch: Callable[[int], None] | None = None) -> EvalResult:
+             on_batch: Callable[[int], None] | None = None, filler: str | Path | None = None) -> EvalResult:
     """Predict and score `task` examples (gold + distractor passages given, no retrieval); EM/F1 in percent."""
     from ragsoup.checkpoint import load_model
     from ragsoup.device import pick_device
@@ -177,7 +182,7 @@ def run_eval(task: str, data: str | Path | None = None, k: int = 5, mode: str = 
     passage_chars = DEFAULT_PASSAGE_CHARS
     if task in EVAL_GENERATED_TASKS and data is None:
         passage_chars = trained_passage_chars(model_info(model)[2])
-    examples = eval_examples(task, data, k, limit, seed, passage_chars)
+    examples = eval_examples(task, data, k, limit, seed, passage_chars, filler)
     loaded = load_model(model, device=pick_device(device))
     if on_start:
         on_start(len(examples))

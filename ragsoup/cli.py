@@ -300,6 +300,7 @@ def eval_cmd(
     max_new_tokens: int = typer.Option(32, help="Answer length limit in tokens."),
     device: str = typer.Option("auto", help="auto, cpu or cuda."),
     threads: Optional[int] = typer.Option(None, help="torch CPU threads (default: torch's choice)."),
+    filler: Optional[Path] = typer.Option(None, help="Generated tasks: haystack from this prose (.txt or Gutenberg .jsonl.gz) instead of template filler."),
     json_out: bool = typer.Option(False, "--json", help="Print exactly one JSON object."),
 ) -> None:
     """Answer quality alone: each question's gold + distractor passages are given (no retrieval)."""
@@ -321,7 +322,8 @@ def eval_cmd(
                 prog.update(bar[0], completed=done, rate=f"{done / t.elapsed:,.1f} q/s" if t.elapsed else "")
 
         res = run_eval(task, data, k=k, mode=mode, pool=pool, limit=limit, model=model, seed=seed, device=device,
-                       batch_size=batch_size, max_new_tokens=max_new_tokens, on_start=on_start, on_batch=on_batch)
+                       batch_size=batch_size, max_new_tokens=max_new_tokens, on_start=on_start, on_batch=on_batch,
+                       filler=filler)
     if json_out:
         _print_json(res.to_json())
         return

@@ -115,3 +115,19 @@ def test_eval_errors_are_one_line_and_exit_1(tiny_model, args, message):
 
 def test_eval_tasks_cover_the_brief():
     assert {"hotpotqa", "squad", "needle", "two-hop", "needle-multikey", "needle-distractor"} <= set(EVAL_TASKS)
+
+
+def test_eval_with_a_prose_haystack_puts_the_needle_in_that_prose(tiny_model, tmp_path):
+    from ragsoup.bench import eval_examples
+
+    prose = tmp_path / "book.txt"
+    prose.write_text("The whale rose slowly out of the grey water. Ishmael watched from the deck in silence. "
+                     "The captain said nothing for a long while. Then the wind changed and the sails filled. " * 5)
+    exs = eval_examples("needle", None, 3, 4, 0, passage_chars=120, filler=prose)
+    for ex in exs:
+        text = " ".join(ex.docs)
+        assert "whale" in text or "captain" in text or "Ishmael" in text or "sails" in text
+        assert ex.answer in ex.docs[ex.gold[0]]
+    out = _json(_run(["eval", "--task", "needle", "--k", "3", "--limit", "2", "--model", str(tiny_model),
+                      "--filler", str(prose), "--json"]))
+    assert out["n"] == 2
