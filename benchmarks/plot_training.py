@@ -1,6 +1,8 @@
-"""Plot a training run's curve (loss and held-out EM per k) from its log.jsonl.
+"""Plot training curves (loss and held-out EM per k) from runs' log.jsonl; several runs are drawn as
+consecutive stages on one step axis.
 
-Usage: python benchmarks/plot_training.py runs/default docs/img/train_default.png
+Usage: python benchmarks/plot_training.py OUT.png RUN [RUN ...]
+   e.g. python benchmarks/plot_training.py docs/img/train_default.png runs/default runs/default-k512 runs/default-keys
 """
 
 from __future__ import annotations
@@ -25,31 +27,41 @@ def load_log(run: Path) -> list[dict]:
     return [by_step[s] for s in sorted(by_step)]
 
 
-def plot(run: Path, out: Path, window: int = 50) -> None:
-    """Write a two-panel PNG: smoothed training loss, and EM@k at each evaluation."""
-    recs = load_log(run)
-    steps = [r["step"] for r in recs]
-    loss = [r["loss"] for r in recs]
-    smooth = [sum(loss[max(0, i - window + 1) : i + 1]) / len(loss[max(0, i - window + 1) : i + 1]) for i in range(len(loss))]
-    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
-    a.plot(steps, loss, alpha=0.2, color="C0")
-    a.plot(steps, smooth, color="C0", label=f"loss ({window}-step mean)")
-    a.set_xlabel("step")
+def plot(runs: list[Path], out: Path, window: int = 50) -> None:
+    """Write a two-panel PNG: smoothed training loss, and EM@k at each evaluation, stages back to back."""
+    fig, (a, b) = plt.subplots(1, 2, figsize=(12, 4.2))
+    offset = 0
+    colors: dict[str, str] = {}
+    for i, run in enumerate(runs):
+        recs = load_log(run)
+        steps = [offset + r["step"] for r in recs]
+        loss = [r["loss"] for r in recs]
+        smooth = [sum(loss[max(0, j - window + 1) : j + 1]) / len(loss[max(0, j - window + 1) : j + 1]) for j in range(len(loss))]
+        a.plot(steps, loss, alpha=0.15, color=f"C{i}")
+        a.plot(steps, smooth, color=f"C{i}", label=f"{run.name} ({window}-step mean)")
+        evals = [r for r in recs if "eval" in r]
+        for key in evals[0]["eval"] if evals else []:
+            colors.setdefault(key, f"C{len(colors)}")
+            b.plot([offset + r["step"] for r in evals], [r["eval"][key] for r in evals], marker="o", color=colors[key],
+                   label=key.replace("em@", "EM, k=") if i == len(runs) - 1 or key not in [l.get_label() for l in b.lines] else None)
+        if i:
+            for ax in (a, b):
+                ax.axvline(offset, color="grey", lw=0.8, ls="--")
+        offset = steps[-1] if steps else offset
+    a.set_xlabel("step (stages back to back)")
     a.set_ylabel("answer-token cross-entropy")
     a.set_yscale("log")
-    a.legend()
-    evals = [r for r in recs if "eval" in r]
-    for key in evals[0]["eval"] if evals else []:
-        b.plot([r["step"] for r in evals], [r["eval"][key] for r in evals], marker="o", label=key.replace("em@", "EM, k="))
+    a.legend(fontsize=8)
     b.set_xlabel("step")
-    b.set_ylabel("held-out EM (%)")
+    b.set_ylabel("held-out EM (%), task mix of each stage")
     b.set_ylim(-2, 102)
-    b.legend()
-    fig.suptitle(f"training run {run.name}")
+    handles, labels = b.get_legend_handles_labels()
+    uniq = dict(zip(labels, handles))
+    b.legend(uniq.values(), uniq.keys(), fontsize=8)
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=110)
 
 
 if __name__ == "__main__":
-    plot(Path(sys.argv[1]), Path(sys.argv[2]))
+    plot([Path(p) for p in sys.argv[2:]], Path(sys.argv[1]))

@@ -1,0 +1,60 @@
+"""Held-out answer quality of a model on the generated tasks (no retrieval): the table in docs/models.md.
+
+Usage: python benchmarks/eval_default.py [--model default] [--n 64] [--seed 12345] [--prose PATH] [--out FILE.json]
+Every number comes from `ragsoup eval` (bench.run_eval) on freshly generated examples (seed disjoint from training).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+from ragsoup.bench import run_eval
+from ragsoup.device import set_threads
+
+PLAN = [  # (label, task, k values, mode, pool, filler?)
+    ("needle, template filler", "needle", [1, 4, 16, 64, 128, 256], "soup", "mean", False),
+    ("needle, Gutenberg prose filler", "needle", [4, 16, 64], "soup", "mean", True),
+    ("needle-distractor (gold + up to 3 other needles)", "needle-distractor", [4, 16, 64], "soup", "mean", False),
+    ("needle-multikey (a needle in every passage)", "needle-multikey", [2, 4, 8, 16], "soup", "mean", False),
+    ("two-hop", "two-hop", [5], "soup", "mean", False),
+    ("two-hop", "two-hop", [5], "concat", "mean", False),
+    ("needle, pool=sum", "needle", [4, 16, 64], "soup", "sum", False),
+    ("needle, pool=max", "needle", [4, 16, 64], "soup", "max", False),
+    ("needle, pool=sum-norm", "needle", [4, 16, 64], "soup", "sum-norm", False),
+    ("needle, pool=norm-mean", "needle", [4, 16, 64], "soup", "norm-mean", False),
+]
+
+
+def main() -> None:
+    """Run the plan and print one markdown table row per (label, k); write all results as JSON."""
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", default="default")
+    ap.add_argument("--n", type=int, default=64)
+    ap.add_argument("--seed", type=int, default=12345)
+    ap.add_argument("--prose", default="../shared/data/gutenberg/books-03.jsonl.gz")
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--out", default=None)
+    a = ap.parse_args()
+    set_threads(a.threads)
+    rows = []
+    print("| task | mode | pool | k | n | EM | F1 | seconds |\n|---|---|---|---:|---:|---:|---:|---:|")
+    for label, task, ks, mode, pool, prose in PLAN:
+        if prose and not Path(a.prose).exists():
+            continue
+        for k in ks:
+            t = time.perf_counter()
+            r = run_eval(task, k=k, mode=mode, pool=pool, limit=a.n, model=a.model, seed=a.seed, device="cpu",
+                         batch_size=16, filler=a.prose if prose else None)
+            dt = time.perf_counter() - t
+            rows.append({"label": label, **r.to_json(), "pool": pool, "seconds": round(dt, 1)})
+            print(f"| {label} | {mode} | {pool} | {k} | {r.n} | {r.em:.1f} | {r.f1:.1f} | {dt:.0f} |", flush=True)
+    if a.out:
+        Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(a.out).write_text(json.dumps({"model": a.model, "seed": a.seed, "rows": rows}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
