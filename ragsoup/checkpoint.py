@@ -94,7 +94,8 @@ def save_checkpoint(model: Mamba2LM, tok: Tokenizer, path: Path, meta: dict | No
     os.replace(tmp, path / "model.safetensors")
     tok.save(path / ".tokenizer.json.tmp")
     os.replace(path / ".tokenizer.json.tmp", path / "tokenizer.json")
-    atomic_write_json(path / "config.json", {"format": FORMAT, "model": model.cfg.to_dict(), **(meta or {})})
+    fmt = getattr(model, "checkpoint_format", FORMAT)  # "ragsoup-transformer" for the kvsoup baseline
+    atomic_write_json(path / "config.json", {"format": fmt, "model": model.cfg.to_dict(), **(meta or {})})
     return fingerprint(path)
 
 
@@ -108,6 +109,10 @@ def load_model(name_or_path: str | Path | None = None, device: str | torch.devic
         raise RagsoupError(f"cannot load model from {path}: {exc}") from exc
     from ragsoup.external import detect_layout, load_external
 
+    if isinstance(conf, dict) and conf.get("format") == "ragsoup-transformer":  # averaged-KV baseline (kvsoup)
+        from ragsoup.kvsoup import load_transformer
+
+        return load_transformer(path, conf, device)
     if detect_layout(conf) != "ragsoup":
         return load_external(path, conf, device)
     # --- end layout dispatch ---

@@ -6,6 +6,7 @@ from typing import Callable, Sequence
 
 import torch
 
+from ragsoup import kvsoup
 from ragsoup.encode import encode_token_batch
 from ragsoup.generate import batch_states, concat_states, generate
 from ragsoup.metrics import best_em_f1
@@ -21,6 +22,8 @@ MODES = ("soup", "concat")
 def soup_state(model: Mamba2LM, tok: Tokenizer, docs: Sequence[str], pool: str = "mean",
                max_tokens: int = 1024, batch_size: int = 32) -> States:
     """Encode each passage alone and pool the final states (batch of one)."""
+    if kvsoup.is_kv_model(model):  # transformer baseline: average the passages' KV caches (ragsoup.kvsoup)
+        return kvsoup.soup_state(model, tok, docs, pool, max_tokens, batch_size)
     seqs = [passage_ids(tok, d, max_tokens) for d in docs]
     parts = [encode_token_batch(model, seqs[i : i + batch_size], tok.pad_id) for i in range(0, len(seqs), batch_size)]
     states = parts[0] if len(parts) == 1 else batch_states(parts)
@@ -38,7 +41,8 @@ def predict(model: Mamba2LM, tok: Tokenizer, examples: Sequence[SoupExample], mo
             states = [soup_state(model, tok, ex.docs, pool, max_tokens) for ex in chunk]
         else:
             states = [concat_states(model, tok, ex.docs, max_tokens) for ex in chunk]
-        out += generate(model, tok, batch_states(states), [ex.question for ex in chunk], max_new_tokens)
+        batched = kvsoup.batch_kv(states) if kvsoup.is_kv_model(model) else batch_states(states)  # KV: pad lengths
+        out += generate(model, tok, batched, [ex.question for ex in chunk], max_new_tokens)
         if on_batch:
             on_batch(len(chunk))
     return out

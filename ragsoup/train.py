@@ -24,6 +24,7 @@ from ragsoup.encode import pad_batch
 from ragsoup.errors import RagsoupError
 from ragsoup.evaluate import predict, score
 from ragsoup.generate import concat_ids
+from ragsoup.kvsoup import TransformerConfig, TransformerLM, encode_pool, is_kv_model
 from ragsoup.model import Mamba2Config, Mamba2LM, States
 from ragsoup.soup import check_pool, pool_states
 from ragsoup.store import flatten_states, unflatten_states
@@ -69,6 +70,7 @@ class TrainConfig:
     until: int = 0  # stop after this step (0: at `steps`); the schedule still spans `steps` (resumable chunks)
     tokenizer: str = "bpe:2048"  # "bytes" or "bpe:VOCAB" (trained on a sample of the task mix)
     model: dict = field(default_factory=dict)  # Mamba2Config fields (ignored with init)
+    arch: str = "mamba2"  # mamba2 | transformer (the averaged-KV-cache baseline, ragsoup.kvsoup; model = TransformerConfig)
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
@@ -99,6 +101,14 @@ PRESETS: dict[str, dict] = {
         tasks="needle:2,needle-distractor:4,needle-multikey:1,two-hop:1", k_min=1, k_max=256, k_ramp_steps=100,
         steps=1000, batch_size=8, lr=7e-4, warmup_steps=20, passage_chars=200, eval_every=250, eval_ks="4,16,64,256",
         eval_n=32, save_every=100, ckpt_group=0, extra_questions=3, bank_size=512, bank_refresh=20, fresh_max=8,
+    ),
+    # the averaged-KV-cache transformer baseline (ragsoup.kvsoup), stage 1 of "default" otherwise: same task mix,
+    # schedule and tokenizer, same width and depth, ~2.36M parameters (the Mamba2 default: ~2.25M)
+    "kv-baseline": dict(
+        out="runs/kv-baseline", arch="transformer", tasks="needle:3,needle-distractor:2,two-hop:1", k_min=1,
+        k_max=64, k_ramp_steps=2000, steps=3000, batch_size=8, lr=2e-3, warmup_steps=100, passage_chars=200,
+        eval_every=500, eval_ks="1,4,16,64", eval_n=32, save_every=250, ckpt_group=0,
+        model=dict(d_model=256, n_layer=4, n_head=4, mlp_ratio=1.5),
     ),
     # seconds-long smoke run
     "tiny": dict(
@@ -246,6 +256,8 @@ def loss_on_batch(model: Mamba2LM, tok: Tokenizer, cfg: TrainConfig, k: int, bat
             rows = encode_rows(model, seqs, tok.pad_id, cfg.ckpt_group, grad=not cfg.freeze_encoder)
             total = rows.view(len(batch), k_fresh, -1).sum(1) + bank.sums(k - k_fresh, len(batch), step)
             pooled = unflatten_states(total / k if cfg.pool == "mean" else total, model.cfg)
+        elif is_kv_model(model):  # transformer baseline: each passage's KV cache, averaged (ragsoup.kvsoup)
+            pooled = encode_pool(model, seqs, tok.pad_id, cfg.ckpt_group, not cfg.freeze_encoder, k_fresh, cfg.pool)
         else:
             states = encode_groups(model, seqs, tok.pad_id, cfg.ckpt_group, grad=not cfg.freeze_encoder)
             pooled = pool_states(states, k_fresh, cfg.pool)
@@ -299,6 +311,8 @@ def train(cfg: TrainConfig, resume: bool = False, on_log: Log | None = None, dev
     check_pool(cfg.pool)
     if cfg.mode not in ("soup", "concat"):
         raise RagsoupError(f"unknown mode '{cfg.mode}': use soup or concat")
+    if cfg.arch not in ("mamba2", "transformer"):
+        raise RagsoupError(f"unknown arch '{cfg.arch}': use mamba2 or transformer")
     if not 1 <= cfg.k_min <= cfg.k_max:
         raise RagsoupError(f"need 1 <= --k-min <= --k-max (got {cfg.k_min}, {cfg.k_max})")
     parse_mix(cfg.tasks)
@@ -315,8 +329,14 @@ def train(cfg: TrainConfig, resume: bool = False, on_log: Log | None = None, dev
         model, tok = loaded.model, loaded.tokenizer
     else:
         tok = make_tokenizer(cfg)
-        mcfg = Mamba2Config.from_dict({**cfg.model, "vocab_size": -(-tok.vocab_size // 8) * 8})
-        model = Mamba2LM(mcfg).to(device)
+        if cfg.arch == "transformer":  # the averaged-KV-cache baseline (ragsoup.kvsoup)
+            tcfg = TransformerConfig.from_dict({**cfg.model, "vocab_size": -(-tok.vocab_size // 8) * 8})
+            model = TransformerLM(tcfg).to(device)
+        else:
+            mcfg = Mamba2Config.from_dict({**cfg.model, "vocab_size": -(-tok.vocab_size // 8) * 8})
+            model = Mamba2LM(mcfg).to(device)
+    if is_kv_model(model) and cfg.bank_size > 0:
+        raise RagsoupError("--bank-size needs fixed-size states; the transformer (KV-cache) baseline has none")
     model.train()
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
     no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
