@@ -19,7 +19,7 @@ from ragsoup.device import pick_device
 from ragsoup.encode import encode_passages
 from ragsoup.errors import RagsoupError
 from ragsoup.indexdir import Manifest, clean_stale, read_manifest, read_passages, write_manifest, write_passages
-from ragsoup.retrieve import DEFAULT_EMBEDDER, build_index as build_faiss, get_embedder, save_index
+from ragsoup.retrieve import build_index as build_faiss, get_embedder, save_index
 from ragsoup.store import StateStore, StoreWriter
 
 Progress = Callable[[str, int, int], None]  # (stage, done, total)

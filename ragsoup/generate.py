@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Sequence
 
 import torch
-from torch import Tensor
 
 from ragsoup.encode import pad_batch
 from ragsoup.model import LayerState, Mamba2LM, States

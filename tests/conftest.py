@@ -1,7 +1,13 @@
-"""Suite-wide settings: one torch thread (tiny models run faster, timings don't matter in tests)."""
+"""Suite-wide settings (one torch thread: tiny models run faster, timings don't matter in tests) and shared fixtures."""
+
+from pathlib import Path
 
 import pytest
 import torch
+
+from ragsoup.checkpoint import save_checkpoint
+from ragsoup.model import Mamba2Config, Mamba2LM
+from ragsoup.tokenizer import ByteTokenizer
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -10,3 +16,15 @@ def _one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(old)
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory) -> Path:
+    """A tiny random byte-level Mamba2 checkpoint (trained on 60-character passages, says its meta)."""
+    tok = ByteTokenizer()
+    torch.manual_seed(0)
+    cfg = Mamba2Config.from_dict(dict(d_model=32, n_layer=2, d_state=8, headdim=16, chunk_size=8,
+                                      vocab_size=-(-tok.vocab_size // 8) * 8))
+    path = tmp_path_factory.mktemp("model") / "tiny"
+    save_checkpoint(Mamba2LM(cfg), tok, path, meta={"train": {"passage_chars": 60}})
+    return path

@@ -8,28 +8,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from typer.testing import CliRunner
 
 from ragsoup.bench import BenchConfig, PeakMemory, measure_bandwidth, percentile, sweep_ks, trained_passage_chars
-from ragsoup.checkpoint import save_checkpoint
 from ragsoup.cli import app
-from ragsoup.model import Mamba2Config, Mamba2LM
-from ragsoup.tokenizer import ByteTokenizer
 
 ROW_KEYS = {"mode", "k", "pool", "n_queries", "em", "f1", "recall_at_k", "latency_ms_p50", "latency_ms_p95",
             "stages_ms_p50", "peak_mem_mb", "state_bytes_read"}
-
-
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory) -> Path:
-    tok = ByteTokenizer()
-    torch.manual_seed(0)
-    cfg = Mamba2Config.from_dict(dict(d_model=32, n_layer=2, d_state=8, headdim=16, chunk_size=8,
-                                      vocab_size=-(-tok.vocab_size // 8) * 8))
-    path = tmp_path_factory.mktemp("model") / "tiny"
-    save_checkpoint(Mamba2LM(cfg), tok, path, meta={"train": {"passage_chars": 60}})
-    return path
 
 
 def _bench(model: Path, cache: Path, *extra: str):

@@ -6,29 +6,14 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
 from typer.testing import CliRunner
 
 from ragsoup.bench import EVAL_TASKS, eval_examples, run_eval
-from ragsoup.checkpoint import save_checkpoint
 from ragsoup.cli import app
 from ragsoup.errors import RagsoupError
-from ragsoup.model import Mamba2Config, Mamba2LM
 from ragsoup.tasks.files import make_corpus
-from ragsoup.tokenizer import ByteTokenizer
 
 KEYS = {"task", "mode", "k", "n", "em", "f1"}
-
-
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory) -> Path:
-    tok = ByteTokenizer()
-    torch.manual_seed(0)
-    cfg = Mamba2Config.from_dict(dict(d_model=32, n_layer=2, d_state=8, headdim=16, chunk_size=8,
-                                      vocab_size=-(-tok.vocab_size // 8) * 8))
-    path = tmp_path_factory.mktemp("model") / "tiny"
-    save_checkpoint(Mamba2LM(cfg), tok, path, meta={"train": {"passage_chars": 60}})
-    return path
 
 
 @pytest.fixture()
