@@ -62,6 +62,14 @@ class Engine:
         self.embedder = get_embedder(m.embedder, self.device)
         self.segments = segments(self.loaded.model.cfg)
 
+    def _buffer(self, k: int):
+        """A reused host buffer for k state rows (grown on demand), so reads don't page-fault fresh memory."""
+        import numpy as np
+
+        if getattr(self, "_buf", None) is None or self._buf.shape[0] < k:
+            self._buf = np.empty((k, self.store.rows.shape[1]), dtype=self.store.rows.dtype)
+        return self._buf
+
     def ask(self, question: str, k: int = 5, pool: str = "mean", max_new_tokens: int = 32) -> AskResult:
         """Answer one question from the soup of its top-k passages' states."""
         question = question.strip()
@@ -79,7 +87,7 @@ class Engine:
         scores, rows = search(self.faiss, q, k)
         rows, scores = rows[0].tolist(), scores[0].tolist()
         t1 = time.perf_counter()
-        raw = self.store.read(sorted(rows))  # the k rows, read in file order
+        raw = self.store.read(sorted(rows), out=self._buffer(k))  # the k rows, read in file order
         t2 = time.perf_counter()
         souped = soup_rows(raw, pool, self.segments).to(self.device)
         states = unflatten_states(souped[None], self.loaded.model.cfg)

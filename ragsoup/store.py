@@ -106,6 +106,25 @@ class StateStore:
     def row_bytes(self) -> int:
         return self.rows.shape[1] * self.rows.dtype.itemsize
 
-    def read(self, idx: Sequence[int]) -> np.ndarray:
-        """Copy the rows ``idx`` (k of them) into memory: [k, D], reading only those rows."""
-        return self.rows[np.asarray(idx, dtype=np.int64)]
+    def read(self, idx: Sequence[int], out: np.ndarray | None = None) -> np.ndarray:
+        """Copy the rows ``idx`` (k of them) into memory: [k, D], reading only those rows.
+
+        ``out`` (a reused [>=k, D] buffer) avoids page-faulting a fresh allocation on every query.
+        """
+        idx = np.asarray(idx, dtype=np.int64)
+        if out is None:
+            return self.rows[idx]
+        dst = out[: len(idx)]
+        # torch's index_select copies rows in parallel straight from the mapping (numpy's take is far slower)
+        torch.index_select(self._tensor(), 0, torch.from_numpy(idx), out=torch.from_numpy(dst))
+        return dst
+
+    def _tensor(self) -> Tensor:
+        """A zero-copy, read-only torch view of the mapped rows (never written to)."""
+        if getattr(self, "_view", None) is None:
+            import warnings
+
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", UserWarning)  # "non-writable array": we only read it
+                self._view = torch.from_numpy(self.rows)
+        return self._view

@@ -203,3 +203,20 @@ def test_store_not_matching_manifest_raises(tmp_path):
     np.save(tmp_path / "v.npy", np.zeros(D, np.float16))  # 1-d: not a row store
     with pytest.raises(RagsoupError, match="manifest"):
         StateStore(tmp_path / "v.npy")
+
+
+def test_read_into_a_reused_buffer_equals_a_plain_read(tmp_path):
+    import numpy as _np
+
+    from ragsoup.store import StateStore, StoreWriter
+
+    rows = _np.arange(40 * 7, dtype=_np.float16).reshape(40, 7)
+    w = StoreWriter(tmp_path / "s.npy", 40, 7, "float16")
+    w.write(slice(0, 40), rows)
+    w.commit()
+    store = StateStore(tmp_path / "s.npy", 7, "float16")
+    buf = _np.empty((10, 7), _np.float16)
+    for idx in ([3, 1, 39], [0], list(range(10))):
+        got = store.read(idx, out=buf)
+        assert got.shape == (len(idx), 7)
+        _np.testing.assert_array_equal(got, rows[idx])
