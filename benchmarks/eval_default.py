@@ -22,7 +22,10 @@ PLAN = [  # (label, task, k values, mode, pool, filler?)
     ("two-hop", "two-hop", [5], "soup", "mean", False),
     ("two-hop", "two-hop", [5], "concat", "mean", False),
     ("needle, pool=sum", "needle", [4, 16, 64], "soup", "sum", False),
-    ("needle, pool=max", "needle", [4, 16, 64], "soup", "max", False),
+    ("needle, pool=max", "needle", [4, 16, 64, 128, 256], "soup", "max", False),
+    ("needle, Gutenberg prose filler, pool=max", "needle", [64, 256], "soup", "max", True),
+    ("needle-distractor, pool=max", "needle-distractor", [4], "soup", "max", False),
+    ("needle-multikey, pool=max", "needle-multikey", [4], "soup", "max", False),
     ("needle, pool=sum-norm", "needle", [4, 16, 64], "soup", "sum-norm", False),
     ("needle, pool=norm-mean", "needle", [4, 16, 64], "soup", "norm-mean", False),
 ]
