@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Iterable, Iterator, Sequence, TypeVar
 
 import torch
 from torch import Tensor
+from torch.utils.checkpoint import checkpoint
 
 from ragsoup.model import Mamba2LM, States
 from ragsoup.store import flatten_states
@@ -19,6 +20,25 @@ def pad_batch(seqs: Sequence[list[int]], pad_id: int, device: torch.device | str
     for i, s in enumerate(seqs):
         ids[i, : len(s)] = torch.tensor(s, dtype=torch.long)
     return ids.to(device), torch.tensor([len(s) for s in seqs], device=device)
+
+
+T = TypeVar("T")
+
+
+def run_groups(fn: Callable[[Tensor, Tensor], T], batches: Iterable[tuple[Tensor, Tensor]], checkpointed: bool,
+               grad: bool) -> list[T]:
+    """Apply fn(ids, lengths) to each group: activation-checkpointed when training with ``checkpointed``,
+    plainly when training without it, and without autograd when ``grad`` is False."""
+    out = []
+    for ids, lengths in batches:
+        if not grad:
+            with torch.no_grad():
+                out.append(fn(ids, lengths))
+        elif checkpointed:
+            out.append(checkpoint(fn, ids, lengths, use_reentrant=False))
+        else:
+            out.append(fn(ids, lengths))
+    return out
 
 
 def encode_token_batch(model: Mamba2LM, seqs: Sequence[list[int]], pad_id: int) -> States:

@@ -43,9 +43,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
-from torch.utils.checkpoint import checkpoint
 
-from ragsoup.encode import pad_batch
+from ragsoup.encode import pad_batch, run_groups
 from ragsoup.errors import RagsoupError
 from ragsoup.model import RMSNorm
 from ragsoup.soup import check_pool
@@ -321,17 +320,9 @@ def encode_groups(model: TransformerLM, seqs: list[list[int]], pad_id: int, grou
     def fn(ids: Tensor, lengths: Tensor) -> tuple[Tensor, ...]:
         return tuple(t for st in model.encode(ids, lengths) for t in st)
 
-    parts = []
     size = group if group > 0 else len(seqs)
-    for i in range(0, len(seqs), size):
-        a, b = ids[i : i + size], lengths[i : i + size]
-        if grad and group > 0:
-            parts.append(checkpoint(fn, a, b, use_reentrant=False))
-        elif grad:
-            parts.append(fn(a, b))
-        else:
-            with torch.no_grad():
-                parts.append(fn(a, b))
+    batches = ((ids[i : i + size], lengths[i : i + size]) for i in range(0, len(seqs), size))
+    parts = run_groups(fn, batches, group > 0, grad)
     flat = [torch.cat(ts, 0) for ts in zip(*parts)]
     return [KVState(*flat[3 * i : 3 * i + 3]) for i in range(len(flat) // 3)]
 

@@ -17,10 +17,9 @@ from typing import Callable
 
 import torch
 import torch.nn.functional as F
-from torch.utils.checkpoint import checkpoint
 
 from ragsoup.checkpoint import load_model, save_checkpoint
-from ragsoup.encode import pad_batch
+from ragsoup.encode import pad_batch, run_groups
 from ragsoup.errors import RagsoupError
 from ragsoup.evaluate import predict, score
 from ragsoup.generate import concat_ids
@@ -185,19 +184,10 @@ def encode_groups(model: Mamba2LM, seqs: list[list[int]], pad_id: int, group: in
 
 def encode_rows(model: Mamba2LM, seqs: list[list[int]], pad_id: int, group: int, grad: bool) -> torch.Tensor:
     """Like ``encode_groups`` but returns flat state rows [n, D]."""
-    rows = []
     size = group if group > 0 else len(seqs)
-    for i in range(0, len(seqs), size):
-        ids, lengths = pad_batch(seqs[i : i + size], pad_id, model.device)
-        fn = lambda ids, lengths: flatten_states(model.encode(ids, lengths))  # noqa: E731
-        if grad and group > 0:
-            rows.append(checkpoint(fn, ids, lengths, use_reentrant=False))
-        elif grad:
-            rows.append(fn(ids, lengths))
-        else:
-            with torch.no_grad():
-                rows.append(fn(ids, lengths))
-    return torch.cat(rows, 0)
+    batches = (pad_batch(seqs[i : i + size], pad_id, model.device) for i in range(0, len(seqs), size))
+    fn = lambda ids, lengths: flatten_states(model.encode(ids, lengths))  # noqa: E731
+    return torch.cat(run_groups(fn, batches, group > 0, grad), 0)
 
 
 class FillerBank:
