@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from ragsoup.errors import RagsoupError
+from ragsoup.jsonl import iter_jsonl
 
 TEXT_SUFFIXES = (".txt", ".md")
 DATASET_MARKERS = ("dataset_info.json", "state.json", "dataset_dict.json")
@@ -296,13 +297,7 @@ def _load_jsonl(path: Path, gz: bool, max_chars: int) -> CorpusLoad:
     title_default, index = _stem(path), 0
     try:
         with _open_text(path, gz) as f:
-            for lineno, line in enumerate(f, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    obj = json.loads(line)
-                except json.JSONDecodeError as exc:
-                    raise CorpusError(f"{path}: line {lineno} is not valid JSON ({exc.msg}): fix or remove that line") from exc
+            for lineno, obj in iter_jsonl(f, path, CorpusError):
                 text = obj.get("text") if isinstance(obj, dict) else None
                 if not isinstance(text, str):
                     raise CorpusError(

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from ragsoup.errors import RagsoupError
+from ragsoup.jsonl import iter_jsonl
 from ragsoup.tasks.base import PassageSource
 
 CORPUS_FILE = "corpus.jsonl"
@@ -120,13 +121,7 @@ def _read_jsonl(path: Path, what: str) -> list[tuple[int, Any]]:
     rows: list[tuple[int, Any]] = []
     try:
         with open(path, encoding="utf-8") as f:
-            for lineno, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    rows.append((lineno, json.loads(line)))
-                except json.JSONDecodeError as e:
-                    raise RagsoupError(f"{path}:{lineno}: malformed JSON line ({e.msg})") from e
+            rows = list(iter_jsonl(f, path))
     except (OSError, UnicodeDecodeError) as e:
         raise RagsoupError(f"cannot read {what} file {path}: {e}") from e
     return rows

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import bisect
 import gzip
-import json
 import random
 import re
 from pathlib import Path
 
 from ragsoup.errors import RagsoupError
+from ragsoup.jsonl import iter_jsonl
 from ragsoup.tasks.base import split_sentences
 
 # ---------------------------------------------------------------------------
@@ -366,13 +366,7 @@ class ProseFiller:
             if name.endswith((".jsonl", ".jsonl.gz")):
                 texts: list[str] = []
                 with opener(path, "rt", encoding="utf-8") as f:
-                    for lineno, line in enumerate(f, 1):
-                        if not line.strip():
-                            continue
-                        try:
-                            obj = json.loads(line)
-                        except json.JSONDecodeError as e:
-                            raise RagsoupError(f"{path}:{lineno}: not valid JSON ({e.msg})") from e
+                    for lineno, obj in iter_jsonl(f, path):
                         if not isinstance(obj, dict) or not isinstance(obj.get("text"), str):
                             raise RagsoupError(f'{path}:{lineno}: expected an object with a "text" string')
                         texts.append(obj["text"])
