@@ -53,7 +53,7 @@ def _progress() -> Progress:
 @domain_errors
 def index(
     corpus: Path = typer.Argument(..., help="Directory of .txt/.md, a .jsonl, a SQuAD/HotpotQA .json, or a saved `datasets` dataset."),
-    out: Path = typer.Option(Path("indexes/demo"), "--out", "-o", help="Index directory to create or update."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Index directory to create or update (default: indexes/<corpus name>)."),
     model: Optional[str] = typer.Option(None, help="Checkpoint directory or shipped model name (default: the shipped default)."),
     batch_size: int = typer.Option(16, help="Passages encoded per batch."),
     device: str = typer.Option("auto", help="auto, cpu or cuda."),
@@ -70,6 +70,10 @@ def index(
     set_threads(threads)
     if batch_size <= 0:
         raise RagsoupError(f"--batch-size must be at least 1 (got {batch_size})")
+    if out is None:
+        from ragsoup.indexdir import default_index_dir
+
+        out = default_index_dir(corpus)
     if state_dtype not in ("float16", "float32"):
         raise RagsoupError(f"--state-dtype must be float16 or float32 (got {state_dtype})")
     with _progress() as prog:

@@ -45,6 +45,13 @@ class Manifest:
     stats: dict = field(default_factory=dict)
 
 
+def default_index_dir(corpus: str | Path) -> Path:
+    """indexes/<corpus name>: corpora/demo -> indexes/demo, docs/faq.jsonl -> indexes/faq."""
+    p = Path(corpus)
+    name = p.name if p.is_dir() else p.name.split(".")[0]
+    return DEFAULT_INDEX.parent / (name or "index")
+
+
 def read_manifest(index_dir: Path) -> Manifest:
     """Read and validate DIR/manifest.json."""
     path = Path(index_dir) / "manifest.json"

@@ -654,3 +654,12 @@ def test_ask_doc_soups_every_segment(model_a, tmp_path):
 
 def test_ask_doc_missing_file_is_one_error_line(model_a, tmp_path):
     assert_error(run("ask", "q?", "--doc", str(tmp_path / "nope.txt"), "--model", str(model_a)), "does not exist")
+
+
+def test_default_index_dir_is_named_after_the_corpus(tmp_path):
+    from ragsoup.indexdir import default_index_dir
+
+    (tmp_path / "demo").mkdir()
+    assert default_index_dir(tmp_path / "demo") == Path("indexes/demo")
+    assert default_index_dir(tmp_path / "faq.jsonl") == Path("indexes/faq")
+    assert default_index_dir(tmp_path / "squad.json.gz") == Path("indexes/squad")
