@@ -43,15 +43,22 @@ def _jsonl(rows: Iterable[dict]) -> str:
     return "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
 
 
+def _check_record(rec: Any, seen: set[str], where: str) -> None:
+    """Raise unless rec is an {id, title, text} object of strings with an id not in ``seen``; adds the id."""
+    if not isinstance(rec, dict):
+        raise RagsoupError(f"{where}: expected a JSON object with keys id, title, text")
+    missing = [k for k in CORPUS_KEYS if not isinstance(rec.get(k), str)]
+    if missing:
+        raise RagsoupError(f"{where}: missing or non-string key(s) {', '.join(missing)}")
+    if rec["id"] in seen:
+        raise RagsoupError(f"{where}: duplicate id {rec['id']!r}")
+    seen.add(rec["id"])
+
+
 def _check_records(records: list[dict]) -> set[str]:
     ids: set[str] = set()
     for i, rec in enumerate(records):
-        missing = [k for k in CORPUS_KEYS if not isinstance(rec.get(k), str)]
-        if missing:
-            raise RagsoupError(f"corpus record {i} lacks string field(s) {', '.join(missing)}")
-        if rec["id"] in ids:
-            raise RagsoupError(f"duplicate corpus id {rec['id']!r} (record {i})")
-        ids.add(rec["id"])
+        _check_record(rec, ids, f"corpus record {i}")
     return ids
 
 
@@ -143,14 +150,7 @@ def read_corpus(path: str | Path) -> list[dict]:
     records: list[dict] = []
     seen: set[str] = set()
     for lineno, obj in _read_jsonl(path, "corpus"):
-        if not isinstance(obj, dict):
-            raise RagsoupError(f"{path}:{lineno}: expected a JSON object with keys id, title, text")
-        missing = [k for k in CORPUS_KEYS if not isinstance(obj.get(k), str)]
-        if missing:
-            raise RagsoupError(f"{path}:{lineno}: missing or non-string key(s) {', '.join(missing)}")
-        if obj["id"] in seen:
-            raise RagsoupError(f"{path}:{lineno}: duplicate id {obj['id']!r}")
-        seen.add(obj["id"])
+        _check_record(obj, seen, f"{path}:{lineno}")
         records.append(obj)
     return records
 
