@@ -13,7 +13,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from ragsoup.checkpoint import load_model, resolve_model_path
+from ragsoup.checkpoint import load_model
 from ragsoup.corpus import load_corpus
 from ragsoup.device import pick_device
 from ragsoup.encode import encode_passages
@@ -40,10 +40,10 @@ class BuildReport:
     seconds: dict = field(default_factory=dict)  # embed, encode, total
 
 
-def _model_ref(model: str | Path | None) -> str:
-    """How the manifest names a model: shipped name as is, directories as absolute paths."""
-    p = resolve_model_path(model)
-    return str(model or "default") if not Path(str(model or "default")).is_dir() else str(p.resolve())
+def _model_ref(model: str | Path | None, loaded_path: Path) -> str:
+    """How the manifest names a model: a shipped name as is, a directory as its absolute path."""
+    name = str(model or "default")
+    return str(Path(loaded_path).resolve()) if Path(name).is_dir() else name
 
 
 def build_index(
@@ -128,7 +128,7 @@ def build_index(
         shutil.rmtree(data, ignore_errors=True)
         raise
     manifest = Manifest(
-        data_dir=data_name, n_passages=N, model=_model_ref(model), model_fingerprint=loaded.fingerprint,
+        data_dir=data_name, n_passages=N, model=_model_ref(model, loaded.path), model_fingerprint=loaded.fingerprint,
         model_config=cfg.to_dict(), embedder=emb.name, embed_dim=emb.dim, state_dtype=state_dtype,
         state_numel=D, state_bytes_per_passage=D * np.dtype(state_dtype).itemsize, faiss_factory=factory,
         chunk_chars=chunk_chars, max_tokens=max_tokens, corpus=str(Path(corpus)),
