@@ -12,7 +12,8 @@ from ragsoup.tokenizer import Tokenizer, passage_ids, prompt_ids
 
 
 def _cast(states: States, dtype: torch.dtype) -> States:
-    return [LayerState(s.conv.to(dtype), s.ssm.to(dtype)) for s in states]
+    """Cast every floating-point field of each layer's state, keeping its type (LayerState, KVState, ...)."""
+    return [type(s)(*(t.to(dtype) if t.is_floating_point() else t for t in s)) for s in states]
 
 
 @torch.inference_mode()

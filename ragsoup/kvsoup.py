@@ -98,16 +98,6 @@ class KVState(NamedTuple):
     v: Tensor  # [B, n_head, T, head_dim]
     mask: Tensor  # [B, T] bool
 
-    # Aliases so code written for Mamba2's LayerState(conv, ssm) (generate._cast) can carry a KV cache: it rebuilds
-    # a 2-tuple (k, v), from which the model recovers the mask as "key vector non-zero" (the zero-padding invariant).
-    @property
-    def conv(self) -> Tensor:
-        return self.k
-
-    @property
-    def ssm(self) -> Tensor:
-        return self.v
-
 
 KVStates = list[KVState]
 
@@ -115,13 +105,6 @@ KVStates = list[KVState]
 def is_kv_model(model) -> bool:
     """True for the transformer baseline (duck check used by train/evaluate/checkpoint)."""
     return getattr(model, "state_kind", None) == "kv"
-
-
-def state_mask(st) -> Tensor:
-    """[B, T] bool real-position mask of one layer's cache: its mask field, or (for a bare (k, v) pair) k != 0."""
-    if isinstance(st, KVState):
-        return st.mask
-    return (st[0] != 0).any(-1).any(1)
 
 
 def _rope(x: Tensor, pos: Tensor, base: float) -> Tensor:
@@ -223,7 +206,7 @@ class TransformerLM(nn.Module):
         dev = input_ids.device
         if not states:
             states = self.empty_states(B)
-        prefix_mask = state_mask(states[0]).to(dev)
+        prefix_mask = states[0].mask.to(dev)
         ar = torch.arange(L, device=dev)
         pos = prefix_mask.sum(-1)[:, None] + ar[None, :]
         valid = ar[None, :] < lengths.to(dev)[:, None] if lengths is not None else torch.ones(B, L, dtype=torch.bool, device=dev)
@@ -276,7 +259,7 @@ def pool_kv(states: Sequence, k: int, op: str = "mean", over: str = "all") -> KV
         raise RagsoupError(f"bad KV pooling over='{over}' with op '{op}': use 'all', or 'present' with mean")
     out: KVStates = []
     for st in states:
-        kk, vv, m = st[0], st[1], state_mask(st)
+        kk, vv, m = st
         bk, H, T, D = kk.shape
         B = bk // k
         mask = m.reshape(B, k, T)
@@ -297,7 +280,7 @@ def pad_kv(states: Sequence, T: int) -> KVStates:
     """Right-pad every layer's cache to length T (zeros, mask False)."""
     out: KVStates = []
     for st in states:
-        kk, vv, m = st[0], st[1], state_mask(st)
+        kk, vv, m = st
         extra = T - kk.shape[2]
         if extra < 0:
             raise ValueError(f"cannot pad a cache of length {kk.shape[2]} to {T}")

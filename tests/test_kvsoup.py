@@ -78,7 +78,7 @@ def test_right_padding_is_inert_and_positions_continue_after_real_tokens():
     h, _ = model.hidden(ids[1:, 4:], [KVState(*(t[1:] for t in s)) for s in st])
     h_ref, _ = model.hidden(ids[1:])
     torch.testing.assert_close(h, h_ref[:, 4:], rtol=1e-4, atol=1e-5)
-    # generate's _cast keeps only (k, v): the mask is recovered from the zero padding
+    # generate's _cast keeps the KVState (mask included)
     h2, _ = model.hidden(ids[1:, 4:], _cast([KVState(*(t[1:] for t in s)) for s in st], torch.float32))
     torch.testing.assert_close(h2, h, rtol=0, atol=0)
 
