@@ -6,6 +6,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from ragsoup.device import pick_device
@@ -64,8 +65,6 @@ class Engine:
 
     def _buffer(self, k: int):
         """A reused host buffer for k state rows (grown on demand), so reads don't page-fault fresh memory."""
-        import numpy as np
-
         if getattr(self, "_buf", None) is None or self._buf.shape[0] < k:
             self._buf = np.empty((k, self.store.rows.shape[1]), dtype=self.store.rows.dtype)
         return self._buf
