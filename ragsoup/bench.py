@@ -33,7 +33,8 @@ from ragsoup.errors import RagsoupError
 
 DEFAULT_PASSAGE_CHARS = 200
 EVAL_FILE_TASKS = ("squad", "hotpotqa")
-EVAL_GENERATED_TASKS = ("needle", "needle-multikey", "needle-distractor", "needle-multivalue", "two-hop")
+EVAL_GENERATED_TASKS = ("needle", "needle-multikey", "needle-distractor", "needle-multivalue", "two-hop", "longdoc",
+                        "longdoc-multifact")
 EVAL_TASKS = EVAL_FILE_TASKS + EVAL_GENERATED_TASKS
 BENCH_TASKS = ("needle", "needle-multikey", "needle-distractor", "two-hop")
 MODES = ("soup", "concat")
@@ -166,8 +167,12 @@ def run_eval(task: str, data: str | Path | None = None, k: int = 5, mode: str = 
              limit: int | None = None, model: str | Path | None = None, seed: int = 0, device: str = "auto",
              batch_size: int = 8, max_new_tokens: int = 32, max_tokens: int = 1024,
              on_start: Callable[[int], None] | None = None,
-             on_batch: Callable[[int], None] | None = None, filler: str | Path | None = None) -> EvalResult:
-    """Predict and score `task` examples (gold + distractor passages given, no retrieval); EM/F1 in percent."""
+             on_batch: Callable[[int], None] | None = None, filler: str | Path | None = None,
+             encoder: str | Path | None = None) -> EvalResult:
+    """Predict and score `task` examples (gold + distractor passages given, no retrieval); EM/F1 in percent.
+
+    ``encoder``: a checkpoint that encodes the passages instead of ``model`` (decoder-only finetuned models).
+    """
     from ragsoup.checkpoint import load_model
     from ragsoup.device import pick_device
     from ragsoup.evaluate import predict, score
@@ -184,10 +189,17 @@ def run_eval(task: str, data: str | Path | None = None, k: int = 5, mode: str = 
         passage_chars = trained_passage_chars(model_info(model)[2])
     examples = eval_examples(task, data, k, limit, seed, passage_chars, filler)
     loaded = load_model(model, device=pick_device(device))
+    enc = None
+    if encoder is not None:
+        enc = load_model(encoder, device=pick_device(device))
+        if (enc.model.cfg.state_numel() != loaded.model.cfg.state_numel()
+                or enc.tokenizer.vocab_size != loaded.tokenizer.vocab_size):
+            raise RagsoupError(f"--encoder {encoder} does not match --model: it needs the same state size and tokenizer")
+        enc = enc.model
     if on_start:
         on_start(len(examples))
     preds = predict(loaded.model, loaded.tokenizer, examples, mode=mode, pool=pool, batch_size=batch_size,
-                    max_new_tokens=max_new_tokens, max_tokens=max_tokens, on_batch=on_batch)
+                    max_new_tokens=max_new_tokens, max_tokens=max_tokens, on_batch=on_batch, encoder=enc)
     s = score(preds, examples)
     return EvalResult(task=task, mode=mode, k=k, n=s["n"], em=s["em"], f1=s["f1"])
 

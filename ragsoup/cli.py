@@ -213,7 +213,7 @@ def train(
     batch_size: Optional[int] = typer.Option(None, help="Examples per step."),
     lr: Optional[float] = typer.Option(None, help="Peak learning rate."),
     seed: Optional[int] = typer.Option(None, help="Seed (data and init)."),
-    freeze_encoder: bool = typer.Option(False, "--freeze-encoder", help="Decoder-only finetuning: no gradient through passage encodes."),
+    freeze_encoder: bool = typer.Option(False, "--freeze-encoder", help="Decoder-only finetuning: passages are encoded by a frozen copy of the starting model (saved in OUT/encoder)."),
     loss_on_question: bool = typer.Option(False, "--loss-on-question", help="Also train on the question tokens."),
     ckpt_group: Optional[int] = typer.Option(None, help="Passages per activation-checkpointed group (0: off)."),
     extra_questions: Optional[int] = typer.Option(None, help="Also supervise up to N other needles' questions per soup."),
@@ -266,6 +266,53 @@ def train(
     console.print(f"[green]saved[/] {final}")
 
 
+@app.command()
+@domain_errors
+def pretrain(
+    preset: Optional[str] = typer.Option(None, help="Start from a named preset (ablation-lm, ablation-lm-transformer, tiny)."),
+    text: Optional[str] = typer.Option(None, help="tasks:MIX (generated passages) or comma-separated corpus paths (Gutenberg .jsonl.gz, SQuAD .json, .txt dirs)."),
+    out: Optional[str] = typer.Option(None, help="Run directory (checkpoints, log.jsonl, tokenised data)."),
+    arch: Optional[str] = typer.Option(None, help="mamba2 or transformer (new models only)."),
+    steps: Optional[int] = typer.Option(None, help="Optimizer steps."),
+    batch_size: Optional[int] = typer.Option(None, help="Rows per step."),
+    seq_len: Optional[int] = typer.Option(None, help="Tokens per row."),
+    lr: Optional[float] = typer.Option(None, help="Peak learning rate."),
+    seed: Optional[int] = typer.Option(None, help="Seed (data and init)."),
+    init: Optional[str] = typer.Option(None, help="Start from this checkpoint."),
+    tokenizer: Optional[str] = typer.Option(None, help="bytes or bpe:VOCAB (new models only)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last checkpoint."),
+    until: Optional[int] = typer.Option(None, help="Stop after this step (the schedule still spans --steps); resume later."),
+    device: str = typer.Option("auto", help="auto, cpu or cuda."),
+    threads: Optional[int] = typer.Option(None, help="torch CPU threads (default: torch's choice)."),
+) -> None:
+    """Pretrain a language model on plain text (next-token prediction, no souping)."""
+    from ragsoup.device import pick_device, set_threads
+    from ragsoup.pretrain import PRETRAIN_PRESETS, PretrainConfig, pretrain as run_pretrain
+
+    if preset is not None and preset not in PRETRAIN_PRESETS:
+        raise RagsoupError(f"unknown preset '{preset}': use one of {', '.join(PRETRAIN_PRESETS)}")
+    given = dict(text=text, out=out, arch=arch, steps=steps, batch_size=batch_size, seq_len=seq_len, lr=lr, seed=seed,
+                 init=init, tokenizer=tokenizer, until=until)
+    base = dict(PRETRAIN_PRESETS[preset]) if preset else {}
+    saved = Path(given["out"] or base.get("out") or "runs/lm") / "pretrain_config.json"
+    if resume and saved.exists():
+        base = json.loads(saved.read_text())
+    cfg = PretrainConfig.from_dict({**base, **{k: v for k, v in given.items() if v is not None}})
+    set_threads(threads)
+    dev = pick_device(device)
+    with Progress(TextColumn("[bold]pretraining"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
+                  TimeElapsedColumn(), TimeRemainingColumn(), console=err) as prog:
+        task = prog.add_task("pretrain", total=cfg.steps, info="")
+
+        def on_log(rec: dict) -> None:
+            prog.update(task, completed=rec["step"], info=f"loss {rec['loss']:.3f} {rec['tok_per_s']:,.0f} tok/s")
+            if "eval" in rec:
+                prog.console.print(f"step {rec['step']}: held-out loss {rec['eval']['heldout_loss']:.3f}")
+
+        final = run_pretrain(cfg, resume=resume, on_log=on_log, device=dev)
+    console.print(f"[green]saved[/] {final}")
+
+
 @app.command("make-corpus")
 @domain_errors
 def make_corpus_cmd(
@@ -292,7 +339,7 @@ def make_corpus_cmd(
 @app.command("eval")
 @domain_errors
 def eval_cmd(
-    task: str = typer.Option(..., "--task", help="squad, hotpotqa, needle, needle-multikey, needle-distractor, needle-multivalue or two-hop."),
+    task: str = typer.Option(..., "--task", help="squad, hotpotqa, needle, needle-multikey, needle-distractor, needle-multivalue, two-hop, longdoc or longdoc-multifact."),
     data: Optional[Path] = typer.Option(None, "--data", help="SQuAD/HotpotQA JSON file; for generated tasks optional (a make-corpus directory)."),
     k: int = typer.Option(5, "--k", help="Passages per question (gold + distractors)."),
     mode: str = typer.Option("soup", help="soup or concat (the baseline)."),
@@ -305,6 +352,7 @@ def eval_cmd(
     device: str = typer.Option("auto", help="auto, cpu or cuda."),
     threads: Optional[int] = typer.Option(None, help="torch CPU threads (default: torch's choice)."),
     filler: Optional[Path] = typer.Option(None, help="Generated tasks: haystack from this prose (.txt or Gutenberg .jsonl.gz) instead of template filler."),
+    encoder: Optional[str] = typer.Option(None, help="A separate checkpoint that encodes the passages (decoder-only finetuned models: their OUT/encoder)."),
     json_out: bool = typer.Option(False, "--json", help="Print exactly one JSON object."),
 ) -> None:
     """Answer quality alone: each question's gold + distractor passages are given (no retrieval)."""
@@ -327,7 +375,7 @@ def eval_cmd(
 
         res = run_eval(task, data, k=k, mode=mode, pool=pool, limit=limit, model=model, seed=seed, device=device,
                        batch_size=batch_size, max_new_tokens=max_new_tokens, on_start=on_start, on_batch=on_batch,
-                       filler=filler)
+                       filler=filler, encoder=encoder)
     if json_out:
         _print_json(res.to_json())
         return

@@ -32,13 +32,16 @@ def soup_state(model: Mamba2LM, tok: Tokenizer, docs: Sequence[str], pool: str =
 
 def predict(model: Mamba2LM, tok: Tokenizer, examples: Sequence[SoupExample], mode: str = "soup", pool: str = "mean",
             batch_size: int = 16, max_new_tokens: int = 32, max_tokens: int = 1024,
-            on_batch: Callable[[int], None] | None = None) -> list[str]:
-    """Greedy answers for each example, reading its docs by souping or by concatenation."""
+            on_batch: Callable[[int], None] | None = None, encoder: Mamba2LM | None = None) -> list[str]:
+    """Greedy answers for each example, reading its docs by souping or by concatenation.
+
+    ``encoder``: a separate model that encodes the passages (decoder-only finetuning keeps the original one).
+    """
     out: list[str] = []
     for i in range(0, len(examples), batch_size):
         chunk = examples[i : i + batch_size]
         if mode == "soup":
-            states = [soup_state(model, tok, ex.docs, pool, max_tokens) for ex in chunk]
+            states = [soup_state(encoder or model, tok, ex.docs, pool, max_tokens) for ex in chunk]
         else:
             states = [concat_states(model, tok, ex.docs, max_tokens) for ex in chunk]
         batched = kvsoup.batch_kv(states) if kvsoup.is_kv_model(model) else batch_states(states)  # KV: pad lengths

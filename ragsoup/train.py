@@ -7,6 +7,7 @@ passages is activation-checkpointed so peak memory stays flat as k grows.
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import random
@@ -169,6 +170,26 @@ def make_tokenizer(cfg: TrainConfig, n_examples: int = 3000) -> Tokenizer:
     return train_bpe(texts, int(size))
 
 
+def new_model(arch: str, model: dict, tok: Tokenizer, device: str = "cpu") -> torch.nn.Module:
+    """A freshly initialised model of ``arch`` (mamba2 | transformer) sized for ``tok`` (vocab padded to 8)."""
+    conf = {**model, "vocab_size": -(-tok.vocab_size // 8) * 8}
+    if arch == "transformer":  # the averaged-KV-cache baseline (ragsoup.kvsoup)
+        return TransformerLM(TransformerConfig.from_dict(conf)).to(device)
+    if arch != "mamba2":
+        raise RagsoupError(f"unknown arch '{arch}': use mamba2 or transformer")
+    return Mamba2LM(Mamba2Config.from_dict(conf)).to(device)
+
+
+def make_optimizer(model: torch.nn.Module, lr: float, weight_decay: float) -> torch.optim.AdamW:
+    """AdamW (betas 0.9/0.95), weight decay on matrices only."""
+    decay = [p for p in model.parameters() if p.dim() >= 2]
+    no_decay = [p for p in model.parameters() if p.dim() < 2]
+    return torch.optim.AdamW(
+        [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=lr, betas=(0.9, 0.95),
+    )
+
+
 def lr_at(cfg: TrainConfig, step: int) -> float:
     """Linear warmup then cosine decay to min_lr_frac * lr."""
     if step < cfg.warmup_steps:
@@ -233,23 +254,27 @@ def _decoder_batch(tok: Tokenizer, prefixes: list[list[int]], qas: list[tuple[st
 
 
 def loss_on_batch(model: Mamba2LM, tok: Tokenizer, cfg: TrainConfig, k: int, batch: list[SoupExample],
-                  bank: FillerBank | None = None, step: int = 0) -> tuple[torch.Tensor, int]:
+                  bank: FillerBank | None = None, step: int = 0, encoder: Mamba2LM | None = None
+                  ) -> tuple[torch.Tensor, int]:
     """Mean answer-token cross-entropy of one batch, and the number of tokens processed.
 
     Each example holds k passages, or (with a filler bank) len(docs) fresh ones plus k - len(docs) from the bank.
+    Passages are encoded by ``encoder`` when given (decoder-only finetuning), else by the model itself; with
+    cfg.freeze_encoder no gradient flows through the encode pass.
     """
     dev = model.device
+    enc = encoder if encoder is not None else model
     if cfg.mode == "soup":
         seqs = [passage_ids(tok, d, cfg.max_tokens) for ex in batch for d in ex.docs]
         k_fresh = len(batch[0].docs)
         if bank is not None and k > k_fresh:
-            rows = encode_rows(model, seqs, tok.pad_id, cfg.ckpt_group, grad=not cfg.freeze_encoder)
+            rows = encode_rows(enc, seqs, tok.pad_id, cfg.ckpt_group, grad=not cfg.freeze_encoder)
             total = rows.view(len(batch), k_fresh, -1).sum(1) + bank.sums(k - k_fresh, len(batch), step)
             pooled = unflatten_states(total / k if cfg.pool == "mean" else total, model.cfg)
         elif is_kv_model(model):  # transformer baseline: each passage's KV cache, averaged (ragsoup.kvsoup)
-            pooled = encode_pool(model, seqs, tok.pad_id, cfg.ckpt_group, not cfg.freeze_encoder, k_fresh, cfg.pool)
+            pooled = encode_pool(enc, seqs, tok.pad_id, cfg.ckpt_group, not cfg.freeze_encoder, k_fresh, cfg.pool)
         else:
-            states = encode_groups(model, seqs, tok.pad_id, cfg.ckpt_group, grad=not cfg.freeze_encoder)
+            states = encode_groups(enc, seqs, tok.pad_id, cfg.ckpt_group, grad=not cfg.freeze_encoder)
             pooled = pool_states(states, k_fresh, cfg.pool)
         qas, owner = [], []  # each question, and the example (soup) it is asked of
         for i, ex in enumerate(batch):
@@ -283,12 +308,14 @@ def eval_sets(cfg: TrainConfig) -> dict[int, list[SoupExample]]:
     return out
 
 
-def run_eval(model: Mamba2LM, tok: Tokenizer, cfg: TrainConfig, sets: dict[int, list[SoupExample]]) -> dict[str, float]:
+def run_eval(model: Mamba2LM, tok: Tokenizer, cfg: TrainConfig, sets: dict[int, list[SoupExample]],
+             encoder: Mamba2LM | None = None) -> dict[str, float]:
     """EM per k on the held-out sets."""
     model.eval()
     res = {}
     for k, exs in sets.items():
-        res[f"em@{k}"] = score(predict(model, tok, exs, cfg.mode, cfg.pool, max_tokens=cfg.max_tokens), exs)["em"]
+        preds = predict(model, tok, exs, cfg.mode, cfg.pool, max_tokens=cfg.max_tokens, encoder=encoder)
+        res[f"em@{k}"] = score(preds, exs)["em"]
     model.train()
     return res
 
@@ -319,21 +346,14 @@ def train(cfg: TrainConfig, resume: bool = False, on_log: Log | None = None, dev
         model, tok = loaded.model, loaded.tokenizer
     else:
         tok = make_tokenizer(cfg)
-        if cfg.arch == "transformer":  # the averaged-KV-cache baseline (ragsoup.kvsoup)
-            tcfg = TransformerConfig.from_dict({**cfg.model, "vocab_size": -(-tok.vocab_size // 8) * 8})
-            model = TransformerLM(tcfg).to(device)
-        else:
-            mcfg = Mamba2Config.from_dict({**cfg.model, "vocab_size": -(-tok.vocab_size // 8) * 8})
-            model = Mamba2LM(mcfg).to(device)
+        model = new_model(cfg.arch, cfg.model, tok, device)
+    encoder = None
+    if cfg.freeze_encoder:  # decoder-only: the starting weights, frozen, encode every passage (saved as OUT/encoder)
+        encoder = _frozen_encoder(cfg, model, tok, Path(cfg.out), resume, device)
     if is_kv_model(model) and cfg.bank_size > 0:
         raise RagsoupError("--bank-size needs fixed-size states; the transformer (KV-cache) baseline has none")
     model.train()
-    decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
-    no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
-    opt = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=cfg.lr, betas=(0.9, 0.95),
-    )
+    opt = make_optimizer(model, cfg.lr, cfg.weight_decay)
     step = 0
     if resume:
         st = torch.load(state_path, map_location=device, weights_only=False)
@@ -342,7 +362,7 @@ def train(cfg: TrainConfig, resume: bool = False, on_log: Log | None = None, dev
     out.mkdir(parents=True, exist_ok=True)
     (out / "train_config.json").write_text(json.dumps(asdict(cfg), indent=2))
     sets = eval_sets(cfg) if cfg.eval_every > 0 else {}
-    _truncate_log(out / "log.jsonl", step)  # a resumed run replays the steps after its checkpoint
+    truncate_log(out / "log.jsonl", step)  # a resumed run replays the steps after its checkpoint
     logf = open(out / "log.jsonl", "a")
 
     def log(rec: dict) -> None:
@@ -362,10 +382,10 @@ def train(cfg: TrainConfig, resume: bool = False, on_log: Log | None = None, dev
                 g["lr"] = lr_at(cfg, step)
             if bank is not None and (bank.rows is None or step % cfg.bank_refresh == 0):
                 model.eval()
-                bank.refresh(model, tok, step)
+                bank.refresh(encoder or model, tok, step)
                 model.train()
             with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_amp):
-                loss, n_tok = loss_on_batch(model, tok, cfg, k, batch, bank, step)
+                loss, n_tok = loss_on_batch(model, tok, cfg, k, batch, bank, step, encoder)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
@@ -379,7 +399,7 @@ def train(cfg: TrainConfig, resume: bool = False, on_log: Log | None = None, dev
                    "tok_per_s": round(tok_acc / (now - t_last), 1)}
             t_last, ex_acc, tok_acc = now, 0, 0
             if cfg.eval_every > 0 and (step % cfg.eval_every == 0 or step == stop):
-                rec["eval"] = run_eval(model, tok, cfg, sets)
+                rec["eval"] = run_eval(model, tok, cfg, sets, encoder)
                 t_last = time.perf_counter()
             log(rec)
             if step % cfg.save_every == 0 or step == stop:
@@ -390,7 +410,26 @@ def train(cfg: TrainConfig, resume: bool = False, on_log: Log | None = None, dev
     return out / "last"
 
 
-def _truncate_log(path: Path, step: int) -> None:
+def _frozen_encoder(cfg: TrainConfig, model: Mamba2LM, tok: Tokenizer, out: Path, resume: bool,
+                    device: str) -> Mamba2LM:
+    """The frozen encoder of a decoder-only run: OUT/encoder, written from the starting model on a fresh run."""
+    if cfg.mode != "soup":
+        raise RagsoupError("--freeze-encoder applies to --mode soup (concat has no separate encode pass)")
+    path = out / "encoder"
+    if resume:
+        if not path.exists():
+            raise RagsoupError(f"cannot resume a decoder-only run without its frozen encoder {path}")
+        encoder = load_model(path, device).model
+    else:
+        if not cfg.init:
+            raise RagsoupError("--freeze-encoder needs --init: decoder-only finetuning keeps a trained encoder frozen")
+        encoder = copy.deepcopy(model)
+        save_checkpoint(encoder, tok, path, meta={"frozen_encoder_of": cfg.init})
+    encoder.eval()
+    return encoder.requires_grad_(False)
+
+
+def truncate_log(path: Path, step: int) -> None:
     """Drop log records after ``step`` (left by a run that stopped after its last checkpoint)."""
     if not path.exists():
         return
@@ -399,11 +438,15 @@ def _truncate_log(path: Path, step: int) -> None:
 
 
 def _save(model: Mamba2LM, tok: Tokenizer, opt, cfg: TrainConfig, step: int, out: Path) -> None:
+    """Checkpoint a soup-finetuning run."""
+    meta = {"train": {"step": step, "tasks": cfg.tasks, "mode": cfg.mode, "pool": cfg.pool, "k_max": cfg.k_max,
+                      "seed": cfg.seed, "passage_chars": cfg.passage_chars, "max_tokens": cfg.max_tokens}}
+    save_run(model, tok, opt, step, out, meta, asdict(cfg))
+
+
+def save_run(model, tok: Tokenizer, opt, step: int, out: Path, meta: dict, config: dict) -> None:
     """Checkpoint the model (out/last) and the optimizer/step (out/trainer.pt), each atomically."""
-    save_checkpoint(model, tok, out / "last", meta={"train": {"step": step, "tasks": cfg.tasks, "mode": cfg.mode,
-                                                             "pool": cfg.pool, "k_max": cfg.k_max, "seed": cfg.seed,
-                                                             "passage_chars": cfg.passage_chars,
-                                                             "max_tokens": cfg.max_tokens}})
+    save_checkpoint(model, tok, out / "last", meta=meta)
     tmp = out / ".trainer.pt.tmp"
-    torch.save({"opt": opt.state_dict(), "step": step, "config": asdict(cfg)}, tmp)
+    torch.save({"opt": opt.state_dict(), "step": step, "config": config}, tmp)
     tmp.replace(out / "trainer.pt")

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from ragsoup.bench import EVAL_TASKS, eval_examples, run_eval
@@ -116,3 +117,25 @@ def test_eval_with_a_prose_haystack_puts_the_needle_in_that_prose(tiny_model, tm
     out = _json(_run(["eval", "--task", "needle", "--k", "3", "--limit", "2", "--model", str(tiny_model),
                       "--filler", str(prose), "--json"]))
     assert out["n"] == 2
+
+
+def test_eval_with_a_separate_encoder(tiny_model, tmp_path):
+    """--encoder: passages are encoded by another checkpoint (decoder-only runs); a mismatched one is refused."""
+    from ragsoup.checkpoint import save_checkpoint
+    from ragsoup.model import Mamba2Config, Mamba2LM
+    from ragsoup.tokenizer import ByteTokenizer
+
+    args = ["eval", "--task", "needle", "--k", "3", "--limit", "4", "--model", str(tiny_model), "--json"]
+    same = _json(_run(args + ["--encoder", str(tiny_model)]))
+    assert same == _json(_run(args))
+    torch.manual_seed(1)
+    big = Mamba2Config.from_dict(dict(d_model=32, n_layer=2, d_state=16, headdim=16, chunk_size=8, vocab_size=264))
+    save_checkpoint(Mamba2LM(big), ByteTokenizer(), tmp_path / "other")
+    res = _run(args + ["--encoder", str(tmp_path / "other")])
+    assert res.exit_code == 1 and "same state size" in res.output and "Traceback" not in res.output
+
+
+@pytest.mark.parametrize("task", ["longdoc", "longdoc-multifact"])
+def test_eval_long_document_tasks(tiny_model, task):
+    obj = _json(_run(["eval", "--task", task, "--k", "6", "--limit", "3", "--model", str(tiny_model), "--json"]))
+    assert obj["task"] == task and obj["k"] == 6 and obj["n"] == 3

@@ -551,3 +551,39 @@ def test_distractor_extra_questions_are_answerable_from_their_docs():
     for question, answer in ex.extra:
         key = question.removeprefix("What is the special magic number for ").removesuffix("?")
         assert any(f"The special magic number for {key} is {answer}." in d for d in ex.docs)
+
+
+def test_longdoc_is_one_document_in_order_with_facts_in_distinct_segments() -> None:
+    from ragsoup.corpus import chunk_text
+    from ragsoup.tasks.longdoc import longdoc_example
+
+    for seed in range(5):
+        ex = longdoc_example(random.Random(seed), 12, passage_chars=150, n_facts=4)
+        assert len(ex.docs) == 12 and len(ex.extra) == 3
+        assert ex.answer in ex.docs[ex.gold[0]] and ex.question.endswith("?")
+        holders = [i for i, d in enumerate(ex.docs) if "special magic number" in d]
+        assert len(holders) == 4 and ex.gold[0] in holders
+        for q, a in ex.extra:
+            assert sum(a in d for d in ex.docs) == 1
+        # the other segments are exactly what ask --doc's splitter cut from one stretch of text, in order
+        plain = [d for i, d in enumerate(ex.docs) if i not in holders]
+        assert all(len(d) <= 150 for d in plain)
+        assert chunk_text(" ".join(ex.docs[:2]), max_chars=10_000) == [" ".join(ex.docs[:2])]
+    one = longdoc_example(random.Random(0), 1, passage_chars=150)
+    assert len(one.docs) == 1 and one.gold == [0] and one.answer in one.docs[0]
+    assert longdoc_example(random.Random(3), 8).docs == longdoc_example(random.Random(3), 8).docs
+
+
+def test_longdoc_with_prose_keeps_the_book_order(tmp_path: Path) -> None:
+    from ragsoup.tasks.filler import ProseFiller
+    from ragsoup.tasks.longdoc import longdoc_example
+
+    sentences = [f"Sentence number {w} of the tale was calm and slow." for w in
+                 "one two three four five six seven eight nine ten eleven twelve thirteen fourteen".split()]
+    (tmp_path / "book.txt").write_text(" ".join(sentences * 3))
+    names = [s.split()[2] for s in sentences]
+    for seed in range(3):
+        ex = longdoc_example(random.Random(seed), 4, filler=ProseFiller(tmp_path / "book.txt"), passage_chars=120)
+        order = [names.index(w) for w in " ".join(ex.docs).split() if w in names]
+        assert len(order) >= 6
+        assert all(b == (a + 1) % len(names) for a, b in zip(order, order[1:])), order  # consecutive sentences

@@ -159,6 +159,34 @@ def test_frozen_encoder_states_do_not_require_grad(monkeypatch):
     assert loss.requires_grad  # the decoder still trains
 
 
+def test_decoder_only_run_keeps_a_frozen_copy_of_the_starting_model_as_encoder(tmp_path):
+    from ragsoup.checkpoint import save_checkpoint
+    from ragsoup.evaluate import predict
+
+    model, tok = _model(seed=3)
+    save_checkpoint(model, tok, tmp_path / "init")
+    cfg = _cfg(out=str(tmp_path / "run"), init=str(tmp_path / "init"), freeze_encoder=True, steps=2, save_every=1)
+    train(cfg)
+    enc = load_model(tmp_path / "run" / "encoder").model.state_dict()
+    dec = load_model(tmp_path / "run" / "last").model.state_dict()
+    init = load_model(tmp_path / "init").model.state_dict()
+    for n in init:
+        torch.testing.assert_close(enc[n], init[n], rtol=0, atol=0)  # the encoder never moves
+    assert any(not torch.equal(dec[n], init[n]) for n in init)  # the decoder trains
+    # resuming reloads the frozen encoder; evaluation encodes with it
+    train(replace(cfg, steps=3), resume=True)
+    enc_m, dec_m = load_model(tmp_path / "run" / "encoder").model, load_model(tmp_path / "run" / "last").model
+    _, batch = make_batch(cfg, 0)
+    seen = []
+    real = enc_m.encode
+    enc_m.encode = lambda *a, **kw: seen.append(1) or real(*a, **kw)
+    predict(dec_m, tok, batch, max_new_tokens=4, encoder=enc_m)
+    assert len(seen) == len(batch)  # every example's passages went through the frozen encoder
+    with pytest.raises(RagsoupError, match="needs --init"):
+        train(_cfg(out=str(tmp_path / "bad"), freeze_encoder=True))
+    assert not (tmp_path / "bad").exists()
+
+
 # --- (c) activation checkpointing --------------------------------------------------------------------------------
 
 

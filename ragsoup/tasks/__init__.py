@@ -1,4 +1,4 @@
-"""Task generators for souping experiments: needles, two-hop facts, SQuAD and HotpotQA."""
+"""Task generators for souping experiments: needles, two-hop facts, long documents, SQuAD and HotpotQA."""
 
 from __future__ import annotations
 
@@ -9,10 +9,13 @@ from typing import Any
 from ragsoup.errors import RagsoupError
 from ragsoup.tasks.base import SoupExample
 from ragsoup.tasks.filler import FillerSource, ProseFiller
+from ragsoup.tasks.longdoc import longdoc_example
 from ragsoup.tasks.needle import make_needle_corpus, needle_example
 from ragsoup.tasks.twohop import make_twohop_corpus, twohop_example
 
-TASKS: tuple[str, ...] = ("needle", "needle-multikey", "needle-distractor", "needle-multivalue", "two-hop")
+TASKS: tuple[str, ...] = (
+    "needle", "needle-multikey", "needle-distractor", "needle-multivalue", "two-hop", "longdoc", "longdoc-multifact",
+)
 
 _GENERATORS: dict[str, Callable[..., SoupExample]] = {
     "needle": lambda rng, k, **kw: needle_example(rng, k, variant="single", **kw),
@@ -20,6 +23,8 @@ _GENERATORS: dict[str, Callable[..., SoupExample]] = {
     "needle-distractor": lambda rng, k, **kw: needle_example(rng, k, variant="distractor", **kw),
     "needle-multivalue": lambda rng, k, **kw: needle_example(rng, k, variant="multivalue", **kw),
     "two-hop": twohop_example,
+    "longdoc": lambda rng, k, **kw: longdoc_example(rng, k, n_facts=1, **kw),
+    "longdoc-multifact": lambda rng, k, **kw: longdoc_example(rng, k, n_facts=4, **kw),
 }
 
 
@@ -38,6 +43,7 @@ __all__ = [
     "ProseFiller",
     "SoupExample",
     "generate_example",
+    "longdoc_example",
     "make_needle_corpus",
     "make_twohop_corpus",
     "needle_example",
