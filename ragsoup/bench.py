@@ -118,12 +118,18 @@ def _examples_from_corpus_dir(data: Path, rng: random.Random, k: int, limit: int
 
 
 def eval_examples(task: str, data: str | Path | None, k: int, limit: int | None, seed: int,
-                  passage_chars: int = DEFAULT_PASSAGE_CHARS, filler: str | Path | None = None) -> list:
-    """The SoupExamples `eval` scores: from a SQuAD/HotpotQA file, a make-corpus directory, or generated."""
+                  passage_chars: int = DEFAULT_PASSAGE_CHARS, filler: str | Path | None = None,
+                  split: str = "all") -> list:
+    """The SoupExamples `eval` scores: from a SQuAD/HotpotQA file, a make-corpus directory, or generated.
+
+    ``split`` (SQuAD): all questions of the file, or the train / val side of ragsoup's article split.
+    """
     from ragsoup.tasks import generate_example
 
     if task not in EVAL_TASKS:
         raise RagsoupError(f"unknown task '{task}': use one of {', '.join(EVAL_TASKS)}")
+    if split not in ("all", "train", "val"):
+        raise RagsoupError(f"unknown --split '{split}': use all, train or val")
     _check_positive("--k", k)
     _check_positive("--limit", limit)
     rng = random.Random(seed)
@@ -134,9 +140,12 @@ def eval_examples(task: str, data: str | Path | None, k: int, limit: int | None,
         if not path.exists():
             raise RagsoupError(f"--data file not found: {path}")
         if task == "squad":
-            from ragsoup.tasks.squad import load_squad, squad_examples
+            from ragsoup.tasks.squad import SQUAD_SPLIT_SEED, SQUAD_VAL_FRACTION, load_squad, split_by_article, squad_examples
 
-            it = squad_examples(load_squad(path), rng, k)
+            records = load_squad(path)
+            if split != "all":
+                records = split_by_article(records, SQUAD_VAL_FRACTION, SQUAD_SPLIT_SEED)[split == "val"]
+            it = squad_examples(records, rng, k)
         else:
             from ragsoup.tasks.hotpot import hotpot_examples, load_hotpot
 
@@ -168,7 +177,7 @@ def run_eval(task: str, data: str | Path | None = None, k: int = 5, mode: str = 
              batch_size: int = 8, max_new_tokens: int = 32, max_tokens: int = 1024,
              on_start: Callable[[int], None] | None = None,
              on_batch: Callable[[int], None] | None = None, filler: str | Path | None = None,
-             encoder: str | Path | None = None) -> EvalResult:
+             encoder: str | Path | None = None, split: str = "all") -> EvalResult:
     """Predict and score `task` examples (gold + distractor passages given, no retrieval); EM/F1 in percent.
 
     ``encoder``: a checkpoint that encodes the passages instead of ``model`` (decoder-only finetuned models).
@@ -187,7 +196,7 @@ def run_eval(task: str, data: str | Path | None = None, k: int = 5, mode: str = 
     passage_chars = DEFAULT_PASSAGE_CHARS
     if task in EVAL_GENERATED_TASKS and data is None:
         passage_chars = trained_passage_chars(model_info(model)[2])
-    examples = eval_examples(task, data, k, limit, seed, passage_chars, filler)
+    examples = eval_examples(task, data, k, limit, seed, passage_chars, filler, split)
     loaded = load_model(model, device=pick_device(device))
     enc = None
     if encoder is not None:

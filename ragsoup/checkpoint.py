@@ -1,16 +1,17 @@
-"""Checkpoints: a directory with model.safetensors, config.json and tokenizer.json."""
+"""Checkpoints: a directory with model.safetensors (or its shards), config.json and tokenizer.json."""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import os
+import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from ragsoup.errors import RagsoupError
 from ragsoup.model import Mamba2Config, Mamba2LM
@@ -37,9 +38,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files; give them the usual permissions
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files; give them the usual permissions
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -82,21 +81,70 @@ def resolve_model_path(name_or_path: str | Path | None) -> Path:
     )
 
 
-def save_checkpoint(model: Mamba2LM, tok: Tokenizer, path: Path, meta: dict | None = None) -> str:
-    """Save weights (safetensors), config and tokenizer to ``path``; returns the fingerprint."""
+MAX_SHARD_BYTES = 15 << 20  # weight files are split to at most this size (a file larger alone stays whole)
+
+
+def _shards(sd: dict[str, torch.Tensor], max_bytes: int) -> list[dict[str, torch.Tensor]]:
+    """Greedy, in key order: consecutive tensors into parts of at most max_bytes."""
+    parts: list[dict[str, torch.Tensor]] = [{}]
+    size = 0
+    for k, v in sd.items():
+        n = v.numel() * v.element_size()
+        if parts[-1] and size + n > max_bytes:
+            parts.append({})
+            size = 0
+        parts[-1][k] = v
+        size += n
+    return parts
+
+
+def _swap_dir(new: Path, path: Path) -> None:
+    """Put directory ``new`` at ``path``, replacing what was there (two renames; never a half-written path)."""
+    old = None
+    if path.exists():
+        old = path.with_name(f".{path.name}.old-{os.getpid()}")
+        os.replace(path, old)
+    os.replace(new, path)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def save_checkpoint(model: Mamba2LM, tok: Tokenizer, path: Path, meta: dict | None = None,
+                    dtype: torch.dtype | None = None, max_shard_bytes: int = MAX_SHARD_BYTES) -> str:
+    """Save weights (safetensors; ``dtype`` e.g. torch.bfloat16 to halve them), config and tokenizer to ``path``.
+
+    Weights over max_shard_bytes are split into model-0000i-of-0000n.safetensors. The directory is built beside
+    ``path`` and swapped in, so ``path`` is always a complete checkpoint. Returns the fingerprint.
+    """
     path = Path(path)
-    path.mkdir(parents=True, exist_ok=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
     sd = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
     if model.cfg.tie_embeddings:
         sd.pop("lm_head.weight", None)
-    tmp = path / ".model.safetensors.tmp"
-    save_file(sd, str(tmp))
-    os.replace(tmp, path / "model.safetensors")
-    tok.save(path / ".tokenizer.json.tmp")
-    os.replace(path / ".tokenizer.json.tmp", path / "tokenizer.json")
-    fmt = getattr(model, "checkpoint_format", FORMAT)  # "ragsoup-transformer" for the kvsoup baseline
-    atomic_write_json(path / "config.json", {"format": fmt, "model": model.cfg.to_dict(), **(meta or {})})
+    if dtype is not None:
+        sd = {k: v.to(dtype) if v.is_floating_point() else v for k, v in sd.items()}
+    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
+    try:
+        os.chmod(tmp, 0o777 & ~_umask())
+        parts = _shards(sd, max_shard_bytes)
+        names = (["model.safetensors"] if len(parts) == 1
+                 else [f"model-{i + 1:05d}-of-{len(parts):05d}.safetensors" for i in range(len(parts))])
+        for name, part in zip(names, parts):
+            save_file(part, str(tmp / name))
+        tok.save(tmp / "tokenizer.json")
+        fmt = getattr(model, "checkpoint_format", FORMAT)  # "ragsoup-transformer" for the kvsoup baseline
+        atomic_write_json(tmp / "config.json", {"format": fmt, "model": model.cfg.to_dict(), **(meta or {})})
+        _swap_dir(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     return fingerprint(path)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def load_model(name_or_path: str | Path | None = None, device: str | torch.device = "cpu") -> Loaded:
@@ -107,7 +155,7 @@ def load_model(name_or_path: str | Path | None = None, device: str | torch.devic
         conf = json.loads((path / "config.json").read_text())
     except (OSError, ValueError) as exc:
         raise RagsoupError(f"cannot load model from {path}: {exc}") from exc
-    from ragsoup.external import detect_layout, load_external
+    from ragsoup.external import detect_layout, load_external, read_weights
 
     if isinstance(conf, dict) and conf.get("format") == "ragsoup-transformer":  # averaged-KV baseline (kvsoup)
         from ragsoup.kvsoup import load_transformer
@@ -118,8 +166,8 @@ def load_model(name_or_path: str | Path | None = None, device: str | torch.devic
     # --- end layout dispatch ---
     try:
         cfg = Mamba2Config.from_dict(conf["model"])
-        sd = load_file(str(path / "model.safetensors"))
-    except (OSError, KeyError, ValueError) as exc:
+        sd = read_weights(path)  # model.safetensors, or its shards
+    except (OSError, KeyError, ValueError, RagsoupError) as exc:
         raise RagsoupError(f"cannot load model from {path}: {exc}") from exc
     model = Mamba2LM(cfg)
     missing, unexpected = model.load_state_dict(sd, strict=False)

@@ -224,6 +224,7 @@ def train(
     eval_ks: Optional[str] = typer.Option(None, help="k values for held-out EM, e.g. 1,4,16."),
     init: Optional[str] = typer.Option(None, help="Start from this checkpoint (or shipped model name)."),
     tokenizer: Optional[str] = typer.Option(None, help="bytes or bpe:VOCAB (new models only)."),
+    squad: Optional[str] = typer.Option(None, help="SQuAD v1.1 JSON for --tasks squad / squad-segments (training articles only)."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last checkpoint."),
     until: Optional[int] = typer.Option(None, help="Stop after this step (the schedule still spans --steps); resume later."),
     device: str = typer.Option("auto", help="auto, cpu or cuda."),
@@ -240,7 +241,7 @@ def train(
     given = dict(out=out, tasks=tasks, mode=mode, pool=pool, k_min=k_min, k_max=k_max, k_ramp_steps=k_ramp_steps,
                  steps=steps, batch_size=batch_size, lr=lr, seed=seed, ckpt_group=ckpt_group, eval_every=eval_every,
                  eval_ks=eval_ks, init=init, tokenizer=tokenizer, extra_questions=extra_questions, bank_size=bank_size,
-                 bank_refresh=bank_refresh, fresh_max=fresh_max, until=until)
+                 bank_refresh=bank_refresh, fresh_max=fresh_max, until=until, squad=squad)
     base.update({k: v for k, v in given.items() if v is not None})
     if freeze_encoder:
         base["freeze_encoder"] = True
@@ -282,6 +283,7 @@ def pretrain(
     tokenizer: Optional[str] = typer.Option(None, help="bytes or bpe:VOCAB (new models only)."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last checkpoint."),
     until: Optional[int] = typer.Option(None, help="Stop after this step (the schedule still spans --steps); resume later."),
+    prepare_only: bool = typer.Option(False, "--prepare-only", help="Only train the tokenizer and tokenise the text into OUT/data (shards to carry to a GPU machine)."),
     device: str = typer.Option("auto", help="auto, cpu or cuda."),
     threads: Optional[int] = typer.Option(None, help="torch CPU threads (default: torch's choice)."),
 ) -> None:
@@ -299,6 +301,20 @@ def pretrain(
         base = json.loads(saved.read_text())
     cfg = PretrainConfig.from_dict({**base, **{k: v for k, v in given.items() if v is not None}})
     set_threads(threads)
+    if prepare_only:
+        from ragsoup.pretrain import prepare_data
+
+        if cfg.text.startswith("tasks:"):
+            raise RagsoupError("--prepare-only tokenises files: give --text PATHS (generated tasks: text need no preparing)")
+        from ragsoup.checkpoint import load_model
+
+        init_tok = load_model(cfg.init).tokenizer if cfg.init else None
+        prepare_data(cfg, Path(cfg.out), init_tok)
+        meta = json.loads((Path(cfg.out) / "data" / "data.json").read_text())
+        console.print(f"[green]tokenised[/] {meta['passages']:,} passages: {meta['train_tokens']:,} training tokens in "
+                      f"{len(meta['shards'])} shards ({meta['dtype']}), held out every {meta['heldout_every']}th passage "
+                      f"-> {Path(cfg.out) / 'data'}")
+        return
     dev = pick_device(device)
     with Progress(TextColumn("[bold]pretraining"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
                   TimeElapsedColumn(), TimeRemainingColumn(), console=err) as prog:
@@ -352,6 +368,7 @@ def eval_cmd(
     device: str = typer.Option("auto", help="auto, cpu or cuda."),
     threads: Optional[int] = typer.Option(None, help="torch CPU threads (default: torch's choice)."),
     filler: Optional[Path] = typer.Option(None, help="Generated tasks: haystack from this prose (.txt or Gutenberg .jsonl.gz) instead of template filler."),
+    split: str = typer.Option("all", help="SQuAD: all questions of --data, or the train / val side of ragsoup's by-article split."),
     encoder: Optional[str] = typer.Option(None, help="A separate checkpoint that encodes the passages (decoder-only finetuned models: their OUT/encoder)."),
     json_out: bool = typer.Option(False, "--json", help="Print exactly one JSON object."),
 ) -> None:
@@ -375,7 +392,7 @@ def eval_cmd(
 
         res = run_eval(task, data, k=k, mode=mode, pool=pool, limit=limit, model=model, seed=seed, device=device,
                        batch_size=batch_size, max_new_tokens=max_new_tokens, on_start=on_start, on_batch=on_batch,
-                       filler=filler, encoder=encoder)
+                       filler=filler, encoder=encoder, split=split)
     if json_out:
         _print_json(res.to_json())
         return

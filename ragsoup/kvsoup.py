@@ -329,14 +329,13 @@ def soup_state(model: TransformerLM, tok: Tokenizer, docs: Sequence[str], pool: 
 
 def load_transformer(path: Path, conf: dict, device: str | torch.device = "cpu"):
     """Load a "ragsoup-transformer" checkpoint directory (called by checkpoint.load_model)."""
-    from safetensors.torch import load_file
-
     from ragsoup.checkpoint import Loaded, fingerprint
+    from ragsoup.external import read_weights
     from ragsoup.tokenizer import load_tokenizer
 
     try:
         cfg = TransformerConfig.from_dict(conf["model"])
-        sd = load_file(str(Path(path) / "model.safetensors"))
+        sd = read_weights(Path(path))
     except (OSError, KeyError, ValueError, TypeError) as exc:
         raise RagsoupError(f"cannot load model from {path}: {exc}") from exc
     model = TransformerLM(cfg)

@@ -94,61 +94,118 @@ class TaskText:
         return ids[:n]
 
 
-class TokenText:
-    """A tokenised corpus: one int32 stream of ``text <doc>`` passages and the offset where each starts."""
+class TokenShards:
+    """A tokenised corpus held as shards of (token stream, passage starts); rows come from shards by size."""
 
-    def __init__(self, tokens: np.ndarray, starts: np.ndarray) -> None:
-        if len(starts) == 0:
-            raise RagsoupError("no text to pretrain on: the corpus has no passages")
-        self.tokens, self.starts = tokens, starts
+    def __init__(self, shards: list[tuple[np.ndarray, np.ndarray]]) -> None:
+        self.shards = [(t, st) for t, st in shards if len(st)]
+        if not self.shards:
+            raise RagsoupError("no text to pretrain on: the tokenised corpus has no passages")
+        self.weights = [len(t) for t, _ in self.shards]
+
+    @property
+    def n_tokens(self) -> int:
+        """Tokens held."""
+        return sum(self.weights)
 
     def row(self, rng: random.Random, n: int) -> list[int]:
-        """n tokens from a random passage start (wrapping around the end of the stream)."""
-        s = int(self.starts[rng.randrange(len(self.starts))])
-        return np.take(self.tokens, np.arange(s, s + n), mode="wrap").tolist()
-
-    def split(self, frac: float = 0.01) -> tuple["TokenText", "TokenText"]:
-        """(train, held-out): the last ``frac`` of passages (at least one) are held out."""
-        n_hold = max(1, int(len(self.starts) * frac)) if len(self.starts) > 1 else 0
-        cut = len(self.starts) - n_hold
-        if n_hold == 0:
-            return self, self
-        end = int(self.starts[cut])
-        return TokenText(self.tokens[:end], self.starts[:cut]), TokenText(self.tokens[end:], self.starts[cut:] - end)
+        """n tokens from a random passage start of a shard (wrapping around that shard's end)."""
+        tokens, starts = rng.choices(self.shards, self.weights)[0]
+        s = int(starts[rng.randrange(len(starts))])
+        return np.take(tokens, np.arange(s, s + n), mode="wrap").tolist()
 
 
 def corpus_texts(paths: list[str], passage_chars: int) -> Iterator[str]:
-    """Passages of each corpus path (anything `ragsoup index` reads), chunked to about passage_chars."""
-    from ragsoup.corpus import load_corpus
+    """Passages of each corpus path (anything `ragsoup index` reads), chunked to about passage_chars.
+
+    A SQuAD JSON file gives only the paragraphs of its training articles (ragsoup's by-article split), so that
+    pretraining never sees the held-out articles `ragsoup eval --task squad --split val` scores.
+    """
+    from ragsoup.corpus import chunk_text, load_corpus
+    from ragsoup.tasks.squad import SQUAD_SPLIT_SEED, SQUAD_VAL_FRACTION, load_squad, split_by_article
 
     for p in paths:
+        if p.lower().endswith((".json", ".json.gz")):
+            try:
+                records = load_squad(p)
+            except RagsoupError:
+                records = None  # not SQuAD: read it like `ragsoup index` does
+            if records is not None:
+                train, _ = split_by_article(records, SQUAD_VAL_FRACTION, SQUAD_SPLIT_SEED)
+                for context in dict.fromkeys(r["context"] for r in train):
+                    yield from chunk_text(context, max_chars=passage_chars)
+                continue
         for passage in load_corpus(p, max_chars=passage_chars).passages:
             yield passage.text
 
 
-def tokenize_corpus(texts: Iterator[str], tok: Tokenizer, out_dir: Path) -> TokenText:
-    """Tokenise passages into out_dir/{tokens,starts}.npy (written atomically) and return them."""
-    chunks, starts, pos = [], [], 0
+HELDOUT_EVERY = 100  # every 100th passage of the corpus is held out (never trained on)
+
+
+def _save_npy(path: Path, arr: np.ndarray) -> None:
+    tmp = path.with_name(f".{path.name}.tmp.npy")
+    np.save(tmp, arr)
+    tmp.replace(path)
+
+
+def write_shards(texts: Iterator[str], tok: Tokenizer, out_dir: Path, shard_tokens: int = 4_000_000,
+                 sources: list[str] | None = None) -> dict:
+    """Tokenise passages into out_dir: shard-NNNNN.npy (+ .starts.npy) of about shard_tokens tokens each,
+    heldout.npy (every HELDOUT_EVERY-th passage), tokenizer.json and data.json (written last: marks it complete).
+
+    Tokens are uint16 when the vocabulary fits: shards are what a GPU machine is sent, a few at a time.
+    """
+    out_dir.mkdir(parents=True, exist_ok=True)
+    dtype = np.uint16 if tok.vocab_size <= 1 << 16 else np.int32
+    bufs: dict[str, tuple[list[np.ndarray], list[int], list[int]]] = {"train": ([], [], [0]), "heldout": ([], [], [0])}
+    shards, n_passages = [], 0
+
+    def flush(kind: str) -> None:
+        chunks, starts, pos = bufs[kind]
+        if not chunks:
+            return
+        name = "heldout" if kind == "heldout" else f"shard-{len(shards):05d}"
+        _save_npy(out_dir / f"{name}.npy", np.concatenate(chunks).astype(dtype))
+        _save_npy(out_dir / f"{name}.starts.npy", np.asarray(starts, dtype=np.int64))
+        if kind == "train":
+            shards.append({"name": name, "tokens": pos[0], "passages": len(starts)})
+        bufs[kind] = ([], [], [0])
+
     for t in texts:
         ids = passage_ids(tok, t, 1 << 30)
-        starts.append(pos)
-        chunks.append(np.asarray(ids, dtype=np.int32))
-        pos += len(ids)
-    tokens = np.concatenate(chunks) if chunks else np.zeros(0, np.int32)
-    st = np.asarray(starts, dtype=np.int64)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    for name, arr in (("tokens", tokens), ("starts", st)):
-        tmp = out_dir / f".{name}.tmp.npy"
-        np.save(tmp, arr)
-        tmp.replace(out_dir / f"{name}.npy")
-    return TokenText(tokens, st)
+        kind = "heldout" if n_passages % HELDOUT_EVERY == HELDOUT_EVERY - 1 else "train"
+        n_passages += 1
+        chunks, starts, pos = bufs[kind]
+        starts.append(pos[0])
+        chunks.append(np.asarray(ids, dtype=np.int64))
+        pos[0] += len(ids)
+        if kind == "train" and pos[0] >= shard_tokens:
+            flush("train")
+    flush("train")
+    flush("heldout")
+    tok.save(out_dir / "tokenizer.json")
+    meta = {"shards": shards, "train_tokens": sum(x["tokens"] for x in shards), "passages": n_passages,
+            "heldout_every": HELDOUT_EVERY, "dtype": np.dtype(dtype).name, "sources": sources or []}
+    (out_dir / ".data.json.tmp").write_text(json.dumps(meta, indent=1))
+    (out_dir / ".data.json.tmp").replace(out_dir / "data.json")
+    return meta
 
 
-def load_tokenized(out_dir: Path) -> TokenText | None:
-    """The token stream written by tokenize_corpus, or None."""
-    if not (out_dir / "tokens.npy").exists():
-        return None
-    return TokenText(np.load(out_dir / "tokens.npy", mmap_mode="r"), np.load(out_dir / "starts.npy"))
+def load_shards(data_dir: Path) -> tuple[TokenShards, TokenShards]:
+    """(train, held-out) from a write_shards folder: every training shard present (a GPU run may carry a few)."""
+    if not (data_dir / "data.json").exists():
+        raise RagsoupError(f"{data_dir} holds no complete tokenised corpus (no data.json): prepare it with "
+                           "ragsoup pretrain --text PATHS --prepare-only")
+    meta = json.loads((data_dir / "data.json").read_text())
+
+    def load(name: str) -> tuple[np.ndarray, np.ndarray]:
+        return np.load(data_dir / f"{name}.npy", mmap_mode="r"), np.load(data_dir / f"{name}.starts.npy")
+
+    present = [s["name"] for s in meta["shards"] if (data_dir / f"{s['name']}.npy").exists()]
+    if not present:
+        raise RagsoupError(f"{data_dir}: none of its {len(meta['shards'])} training shards is present")
+    held = [load("heldout")] if (data_dir / "heldout.npy").exists() else [load(present[-1])]
+    return TokenShards([load(n) for n in present]), TokenShards(held)
 
 
 def _file_paths(cfg: PretrainConfig) -> list[str]:
@@ -176,14 +233,37 @@ def make_lm_tokenizer(cfg: PretrainConfig, n_passages: int = 20_000) -> Tokenize
     return train_bpe(sample, int(size))
 
 
+def prepare_data(cfg: PretrainConfig, out: Path, tok: Tokenizer | None = None) -> Tokenizer:
+    """Make sure OUT/data holds the tokenised corpus (tokenising cfg.text once); returns its tokenizer.
+
+    ``tok``: the model's tokenizer when starting from a checkpoint; the data must have been made with it.
+    """
+    from ragsoup.tokenizer import load_tokenizer
+
+    data = out / "data"
+    if (data / "data.json").exists():
+        data_tok = (data / "tokenizer.json").read_text()
+        if tok is not None:
+            probe = out / ".tokenizer-check.json"
+            tok.save(probe)
+            same = probe.read_text() == data_tok
+            probe.unlink()
+            if not same:
+                raise RagsoupError(f"{data} was tokenised with another tokenizer than the model's: delete it to retokenise")
+            return tok
+        return load_tokenizer(data / "tokenizer.json")
+    tok = tok or make_lm_tokenizer(cfg)
+    paths = _file_paths(cfg)
+    write_shards(corpus_texts(paths, cfg.passage_chars), tok, data, sources=paths)
+    return tok
+
+
 def text_source(cfg: PretrainConfig, tok: Tokenizer, out: Path) -> tuple[object, object]:
     """(train, held-out) sources with a ``row(rng, n)`` method."""
     if cfg.text.startswith("tasks:"):
         src = TaskText(cfg.text.removeprefix("tasks:"), cfg.passage_chars, tok)
         return src, src  # held-out rows come from seeds training never draws
-    data = load_tokenized(out / "data") or tokenize_corpus(corpus_texts(_file_paths(cfg), cfg.passage_chars), tok,
-                                                           out / "data")
-    return data.split()
+    return load_shards(out / "data")
 
 
 def lm_batch(src, rng: random.Random, batch_size: int, seq_len: int, device) -> torch.Tensor:
@@ -216,6 +296,7 @@ def pretrain(cfg: PretrainConfig, resume: bool = False, on_log: Callable[[dict],
     out = Path(cfg.out)
     state_path = out / "trainer.pt"
     torch.manual_seed(cfg.seed)
+    model, tok = None, None
     if resume:
         if not state_path.exists():
             raise RagsoupError(f"nothing to resume in {out}: no trainer.pt (pretrain without --resume first)")
@@ -224,8 +305,11 @@ def pretrain(cfg: PretrainConfig, resume: bool = False, on_log: Callable[[dict],
     elif cfg.init:
         loaded = load_model(cfg.init, device)
         model, tok = loaded.model, loaded.tokenizer
+    if cfg.text.startswith("tasks:"):
+        tok = tok or make_lm_tokenizer(cfg)
     else:
-        tok = make_lm_tokenizer(cfg)
+        tok = prepare_data(cfg, out, tok)  # tokenised once into OUT/data, with the model's tokenizer if it has one
+    if model is None:
         model = new_model(cfg.arch, cfg.model, tok, device)
     out.mkdir(parents=True, exist_ok=True)
     train_src, held_src = text_source(cfg, tok, out)

@@ -8,6 +8,7 @@ passages is activation-checkpointed so peak memory stays flat as k grows.
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import math
 import random
@@ -30,6 +31,7 @@ from ragsoup.soup import check_pool, pool_states
 from ragsoup.store import flatten_states, unflatten_states
 from ragsoup.tasks import generate_example
 from ragsoup.tasks.base import SoupExample
+from ragsoup.tasks.squad import SQUAD_SPLIT_SEED, SQUAD_VAL_FRACTION, SquadPool, load_squad, split_by_article
 from ragsoup.tokenizer import ByteTokenizer, Tokenizer, answer_ids, passage_ids, prompt_ids, train_bpe
 
 
@@ -69,6 +71,7 @@ class TrainConfig:
     init: str | None = None
     until: int = 0  # stop after this step (0: at `steps`); the schedule still spans `steps` (resumable chunks)
     tokenizer: str = "bpe:2048"  # "bytes" or "bpe:VOCAB" (trained on a sample of the task mix)
+    squad: str | None = None  # SQuAD v1.1 JSON for the "squad" / "squad-segments" tasks (training articles only)
     model: dict = field(default_factory=dict)  # Mamba2Config fields (ignored with init)
     arch: str = "mamba2"  # mamba2 | transformer (the averaged-KV-cache baseline, ragsoup.kvsoup; model = TransformerConfig)
 
@@ -140,6 +143,38 @@ def k_for_step(cfg: TrainConfig, rng: random.Random, step: int) -> int:
     return max(cfg.k_min, min(cfg.k_max, int(round(math.exp(rng.uniform(math.log(cfg.k_min), math.log(hi)))))))
 
 
+SQUAD_TASKS = ("squad", "squad-segments")
+
+
+@functools.lru_cache(maxsize=2)
+def squad_pools(path: str) -> tuple[SquadPool, SquadPool]:
+    """(train, held-out) pools of a SQuAD file, split by article (5% held out, fixed seed: never trained on)."""
+    train, val = split_by_article(load_squad(path), val_fraction=SQUAD_VAL_FRACTION, seed=SQUAD_SPLIT_SEED)
+    return SquadPool(train), SquadPool(val)
+
+
+def check_tasks(cfg: TrainConfig) -> None:
+    """Every task of the mix exists, and SQuAD tasks have their file."""
+    from ragsoup.tasks import TASKS
+
+    for name, _ in parse_mix(cfg.tasks):
+        if name not in TASKS + SQUAD_TASKS:
+            raise RagsoupError(f"unknown task '{name}' in --tasks: use {', '.join(TASKS + SQUAD_TASKS)}")
+        if name in SQUAD_TASKS and not cfg.squad:
+            raise RagsoupError(f"task {name} needs --squad PATH (SQuAD v1.1 JSON, e.g. train-v1.1.json.gz)")
+
+
+def draw_example(cfg: TrainConfig, task: str, rng: random.Random, k: int, heldout: bool = False) -> SoupExample:
+    """One example of a generated task, or of SQuAD (gold paragraph, or its segments, plus distractors)."""
+    if task not in SQUAD_TASKS:
+        return generate_example(task, rng, k, passage_chars=cfg.passage_chars)
+    if not cfg.squad:
+        raise RagsoupError(f"task {task} needs --squad PATH (SQuAD v1.1 JSON, e.g. train-v1.1.json.gz)")
+    pool = squad_pools(cfg.squad)[1 if heldout else 0]
+    rec = pool.records[rng.randrange(len(pool.records))]
+    return pool.example(rng, rec, k, same_article=1, segment_chars=cfg.passage_chars if task == "squad-segments" else 0)
+
+
 def make_batch(cfg: TrainConfig, step: int) -> tuple[int, list[SoupExample]]:
     """The examples of one step, a pure function of (seed, step) so that resuming replays the same data."""
     rng = random.Random(f"{cfg.seed}:{step}")
@@ -148,8 +183,7 @@ def make_batch(cfg: TrainConfig, step: int) -> tuple[int, list[SoupExample]]:
     k_fresh = min(k, cfg.fresh_max) if cfg.bank_size > 0 else k
     names, weights = zip(*mix)
     batch = [
-        generate_example(rng.choices(names, weights)[0], rng, k_fresh, passage_chars=cfg.passage_chars)
-        for _ in range(cfg.batch_size)
+        draw_example(cfg, rng.choices(names, weights)[0], rng, k_fresh) for _ in range(cfg.batch_size)
     ]
     return k, batch
 
@@ -165,7 +199,7 @@ def make_tokenizer(cfg: TrainConfig, n_examples: int = 3000) -> Tokenizer:
     names, weights = zip(*parse_mix(cfg.tasks))
     texts: list[str] = []
     for _ in range(n_examples):
-        ex = generate_example(rng.choices(names, weights)[0], rng, 4, passage_chars=cfg.passage_chars)
+        ex = draw_example(cfg, rng.choices(names, weights)[0], rng, 4)
         texts += ex.docs + [ex.question, ex.answer]
     return train_bpe(texts, int(size))
 
@@ -303,7 +337,7 @@ def eval_sets(cfg: TrainConfig) -> dict[int, list[SoupExample]]:
     for k in [int(x) for x in cfg.eval_ks.split(",") if x.strip()]:
         rng = random.Random(f"eval:{cfg.seed}:{k}")
         names, weights = zip(*parse_mix(cfg.tasks))
-        out[k] = [generate_example(rng.choices(names, weights)[0], rng, k, passage_chars=cfg.passage_chars)
+        out[k] = [draw_example(cfg, rng.choices(names, weights)[0], rng, k, heldout=True)
                   for _ in range(cfg.eval_n)]
     return out
 
@@ -332,7 +366,7 @@ def train(cfg: TrainConfig, resume: bool = False, on_log: Log | None = None, dev
         raise RagsoupError(f"unknown arch '{cfg.arch}': use mamba2 or transformer")
     if not 1 <= cfg.k_min <= cfg.k_max:
         raise RagsoupError(f"need 1 <= --k-min <= --k-max (got {cfg.k_min}, {cfg.k_max})")
-    parse_mix(cfg.tasks)
+    check_tasks(cfg)
     out = Path(cfg.out)
     state_path = out / "trainer.pt"
     torch.manual_seed(cfg.seed)

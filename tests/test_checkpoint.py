@@ -111,6 +111,34 @@ def test_no_temp_files_left_behind(tmp_path):
     assert not [p.name for p in (tmp_path / "ck").iterdir() if p.name.startswith(".")]
 
 
+def test_big_checkpoints_are_sharded_and_load_back_identically(tmp_path):
+    model = _model(seed=2)
+    ids = _ids()
+    save_checkpoint(model, ByteTokenizer(), tmp_path / "ck", max_shard_bytes=20_000)
+    files = sorted(p.name for p in (tmp_path / "ck").glob("*.safetensors"))
+    assert len(files) > 3 and files[0] == f"model-00001-of-{len(files):05d}.safetensors"
+    assert all((tmp_path / "ck" / f).stat().st_size < 20_000 + 30_000 for f in files)  # one big tensor may exceed
+    with torch.no_grad():
+        torch.testing.assert_close(load_model(tmp_path / "ck").model(ids)[0], model(ids)[0], rtol=0, atol=0)
+    # saving again unsharded replaces the directory: no stale shards survive
+    save_checkpoint(model, ByteTokenizer(), tmp_path / "ck")
+    assert sorted(p.name for p in (tmp_path / "ck").glob("*.safetensors")) == ["model.safetensors"]
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_bf16_checkpoint_halves_the_weights_and_loads_as_fp32(tmp_path):
+    model = _model(seed=2)
+    save_checkpoint(model, ByteTokenizer(), tmp_path / "a")
+    save_checkpoint(model, ByteTokenizer(), tmp_path / "b", dtype=torch.bfloat16)
+    size = lambda d: (tmp_path / d / "model.safetensors").stat().st_size  # noqa: E731
+    assert size("b") < 0.55 * size("a")
+    loaded = load_model(tmp_path / "b").model
+    assert loaded.backbone.embedding.weight.dtype == torch.float32
+    ids = _ids()
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(ids)[0], model(ids)[0], rtol=0.05, atol=0.05)
+
+
 def test_missing_checkpoint_dir_raises_helpful_error(tmp_path):
     missing = tmp_path / "no-such-model"
     with pytest.raises(RagsoupError) as ei:

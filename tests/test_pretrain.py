@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -13,7 +14,8 @@ from typer.testing import CliRunner
 from ragsoup.checkpoint import load_model
 from ragsoup.cli import app
 from ragsoup.errors import RagsoupError
-from ragsoup.pretrain import (PretrainConfig, TaskText, TokenText, lm_batch, lm_loss, pretrain, tokenize_corpus)
+from ragsoup.pretrain import (PretrainConfig, TaskText, TokenShards, corpus_texts, lm_batch, lm_loss, load_shards,
+                              pretrain, write_shards)
 from ragsoup.tokenizer import ByteTokenizer
 from ragsoup.train import new_model
 
@@ -36,16 +38,48 @@ def test_task_text_rows_start_at_a_passage_and_have_the_asked_length():
     assert src.row(random.Random(0), 300) == row
 
 
-def test_token_text_wraps_and_splits_off_the_last_passages():
-    tokens = np.arange(10, dtype=np.int32)
-    data = TokenText(tokens, np.array([0, 4, 7]))
-    rows = {tuple(data.row(random.Random(s), 5)) for s in range(40)}
-    assert rows == {(0, 1, 2, 3, 4), (4, 5, 6, 7, 8), (7, 8, 9, 0, 1)}
-    train, held = data.split(0.34)
-    assert train.tokens.tolist() == list(range(7)) and train.starts.tolist() == [0, 4]
-    assert held.tokens.tolist() == [7, 8, 9] and held.starts.tolist() == [0]
+def test_token_shards_draw_rows_from_passage_starts_and_wrap():
+    a = (np.arange(10, dtype=np.uint16), np.array([0, 4, 7]))
+    b = (np.arange(100, 103, dtype=np.uint16), np.array([0]))
+    data = TokenShards([a, b, (np.zeros(0, np.uint16), np.zeros(0, np.int64))])
+    assert data.n_tokens == 13 and len(data.shards) == 2
+    rows = {tuple(data.row(random.Random(s), 5)) for s in range(60)}
+    assert rows == {(0, 1, 2, 3, 4), (4, 5, 6, 7, 8), (7, 8, 9, 0, 1), (100, 101, 102, 100, 101)}
     with pytest.raises(RagsoupError, match="no text"):
-        TokenText(tokens, np.array([], dtype=np.int64))
+        TokenShards([(np.zeros(0, np.uint16), np.zeros(0, np.int64))])
+
+
+def test_write_shards_splits_holds_out_and_loads_whatever_shards_are_present(tmp_path):
+    tok = ByteTokenizer()
+    texts = [f"passage {i:03d}" for i in range(250)]  # 12 tokens each with <doc>
+    meta = write_shards(iter(texts), tok, tmp_path / "d", shard_tokens=600)
+    held = np.load(tmp_path / "d" / "heldout.npy")
+    assert meta["passages"] == 250 and len(np.load(tmp_path / "d" / "heldout.starts.npy")) == 2  # #99 and #199
+    assert b"passage 099" in bytes(held[held < 256].astype(np.uint8).tolist())
+    assert meta["train_tokens"] == 248 * 12 and len(meta["shards"]) == 5 and meta["dtype"] == "uint16"
+    train, heldout = load_shards(tmp_path / "d")
+    assert train.n_tokens == 248 * 12 and heldout.n_tokens == 24
+    (tmp_path / "d" / "shard-00001.npy").unlink()  # a GPU run carries only some shards
+    assert load_shards(tmp_path / "d")[0].n_tokens == 248 * 12 - meta["shards"][1]["tokens"]
+    (tmp_path / "d" / "data.json").unlink()
+    with pytest.raises(RagsoupError, match="prepare-only"):
+        load_shards(tmp_path / "d")
+
+
+def test_squad_pretraining_text_leaves_out_the_heldout_articles(tmp_path):
+    from ragsoup.tasks.squad import SQUAD_SPLIT_SEED, SQUAD_VAL_FRACTION, load_squad, split_by_article
+
+    arts = [{"title": f"Article {i}", "paragraphs": [{"context": f"Context of article {i}. It is short.",
+                                                     "qas": [{"id": str(i), "question": "Q?",
+                                                              "answers": [{"text": "short", "answer_start": 0}]}]}]}
+            for i in range(60)]
+    path = tmp_path / "squad.json"
+    path.write_text(json.dumps({"data": arts}))
+    _, val = split_by_article(load_squad(path), SQUAD_VAL_FRACTION, SQUAD_SPLIT_SEED)
+    assert val  # the split holds out some of 60 articles
+    texts = list(corpus_texts([str(path)], 200))
+    assert len(texts) == 60 - len(val)
+    assert not {r["context"] for r in val} & set(texts)
 
 
 def test_lm_loss_falls_when_fitting_one_batch():
@@ -88,7 +122,7 @@ def test_resumed_pretraining_matches_an_uninterrupted_run(tmp_path):
     assert [json.loads(x)["step"] for x in log] == list(range(1, 7))
 
 
-def test_pretrain_on_text_files_tokenises_once_and_trains(tmp_path):
+def test_pretrain_on_text_files_tokenises_once_and_resumes_from_the_shards_alone(tmp_path):
     corpus = tmp_path / "books"
     corpus.mkdir()
     rng = random.Random(0)
@@ -96,12 +130,18 @@ def test_pretrain_on_text_files_tokenises_once_and_trains(tmp_path):
     for i in range(3):
         text = ". ".join(" ".join(rng.choice(words) for _ in range(8)).capitalize() for _ in range(60)) + "."
         (corpus / f"b{i}.txt").write_text(text)
-    cfg = _cfg(tmp_path, text=str(corpus), passage_chars=120, steps=4, save_every=4, eval_every=4)
+    cfg = _cfg(tmp_path, text=str(corpus), passage_chars=120, steps=4, until=2, save_every=2, eval_every=2)
     pretrain(cfg)
-    tokens = np.load(tmp_path / "lm" / "data" / "tokens.npy")
-    starts = np.load(tmp_path / "lm" / "data" / "starts.npy")
-    assert len(starts) > 10 and starts[0] == 0 and tokens[starts[1] - 1] == ByteTokenizer().doc_id
-    assert tokenize_corpus(iter(["ab"]), ByteTokenizer(), tmp_path / "x").tokens.tolist() == [97, 98, 257]
+    data = tmp_path / "lm" / "data"
+    meta = json.loads((data / "data.json").read_text())
+    assert meta["passages"] > 10 and meta["sources"] == [str(corpus)]
+    tokens, starts = np.load(data / "shard-00000.npy"), np.load(data / "shard-00000.starts.npy")
+    assert starts[0] == 0 and tokens[starts[1] - 1] == ByteTokenizer().doc_id
+    # a GPU machine gets OUT (shards + checkpoint) but not the text: resuming needs only the shards
+    corpus.rename(tmp_path / "gone")
+    pretrain(replace(cfg, until=0), resume=True)
+    log = (tmp_path / "lm" / "log.jsonl").read_text().splitlines()
+    assert [json.loads(x)["step"] for x in log] == [1, 2, 3, 4]
 
 
 def test_pretrain_bad_input(tmp_path):
@@ -117,3 +157,16 @@ def test_pretrain_cli_tiny_preset(tmp_path):
     assert (tmp_path / "run" / "last" / "model.safetensors").exists()
     res = CliRunner().invoke(app, ["pretrain", "--preset", "nope"])
     assert res.exit_code == 1 and "unknown preset" in res.output and "Traceback" not in res.output
+
+
+def test_prepare_only_cli_writes_shards_and_no_model(tmp_path):
+    corpus = tmp_path / "c"
+    corpus.mkdir()
+    (corpus / "a.txt").write_text("The lamp was lit. " * 200)
+    out = tmp_path / "run"
+    res = CliRunner().invoke(app, ["pretrain", "--text", str(corpus), "--tokenizer", "bytes", "--out", str(out),
+                                   "--prepare-only"])
+    assert res.exit_code == 0, res.output
+    assert "tokenised" in res.output and (out / "data" / "data.json").exists() and not (out / "last").exists()
+    res = CliRunner().invoke(app, ["pretrain", "--text", "tasks:needle:1", "--prepare-only", "--out", str(out)])
+    assert res.exit_code == 1 and "--prepare-only" in res.output

@@ -381,3 +381,50 @@ def test_filler_bank_rejects_nonlinear_pools():
 
     with pytest.raises(RagsoupError):
         FillerBank(TrainConfig(pool="max", bank_size=4))
+
+
+# --- SQuAD as a training task ------------------------------------------------------------------------------------
+
+
+def _squad(tmp_path, n_articles: int = 60):
+    arts = []
+    for a in range(n_articles):
+        paras = []
+        for i in range(2):
+            ctx = (f"Article {a} paragraph {i} tells of the mill of Bram{a}x{i}. The river runs past it. "
+                   f"Many people came to see the old stones there.")
+            paras.append({"context": ctx, "qas": [{"id": f"{a}-{i}", "question": f"Whose mill is in article {a} {i}?",
+                                                   "answers": [{"text": f"Bram{a}x{i}", "answer_start": 0}]}]})
+        arts.append({"title": f"Article {a}", "paragraphs": paras})
+    path = tmp_path / "squad.json"
+    path.write_text(json.dumps({"version": "1.1", "data": arts}))
+    return path
+
+
+def test_squad_training_examples_come_from_training_articles_and_evals_from_heldout_ones(tmp_path):
+    from ragsoup.tasks.squad import SQUAD_SPLIT_SEED, SQUAD_VAL_FRACTION, load_squad, split_by_article
+
+    path = _squad(tmp_path)
+    _, val = split_by_article(load_squad(path), SQUAD_VAL_FRACTION, SQUAD_SPLIT_SEED)
+    val_ctx = {r["context"] for r in val}
+    assert val_ctx
+    cfg = _cfg(tasks="squad:1,squad-segments:1", squad=str(path), k_min=3, k_max=3, batch_size=6, passage_chars=60)
+    for step in range(5):
+        k, batch = make_batch(cfg, step)
+        for ex in batch:
+            assert not set(ex.docs) & val_ctx  # never a held-out paragraph, not even as a distractor
+            gold_text = " ".join(ex.docs[g] for g in ex.gold)
+            assert ex.answer in gold_text
+            if len(ex.gold) > 1:  # squad-segments: the gold paragraph cut into segments of <= 60 characters
+                assert all(len(ex.docs[g]) <= 60 for g in ex.gold)
+    held = T.eval_sets(replace(cfg, eval_ks="2", eval_n=4))[2]
+    assert all(any(d in c for d in ex.docs for c in val_ctx) for ex in held)  # gold paragraph (or its segments)
+    loss, _ = loss_on_batch(_model()[0], ByteTokenizer(), cfg, k, batch)
+    assert math.isfinite(loss.item())
+
+
+def test_squad_task_needs_its_file_and_unknown_tasks_are_refused(tmp_path):
+    with pytest.raises(RagsoupError, match="--squad"):
+        train(_cfg(out=str(tmp_path / "a"), tasks="squad:1"))
+    with pytest.raises(RagsoupError, match="unknown task"):
+        train(_cfg(out=str(tmp_path / "b"), tasks="needle:1,squid:1"))

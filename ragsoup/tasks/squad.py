@@ -14,6 +14,11 @@ from ragsoup.errors import RagsoupError
 from ragsoup.tasks.base import SoupExample, check_k, shuffle_with_gold
 
 
+# The held-out split every command uses: 5% of articles by a hash of their title (never trained on).
+SQUAD_VAL_FRACTION = 0.05
+SQUAD_SPLIT_SEED = 0
+
+
 def read_json(path: str | Path, what: str) -> Any:
     """Read a .json or .json.gz file, turning I/O and parse failures into RagsoupError."""
     path = Path(path)
@@ -84,6 +89,52 @@ def split_by_article(
     return train, val
 
 
+class SquadPool:
+    """The distinct paragraphs of some SQuAD records, grouped by article, for drawing gold + distractor sets."""
+
+    def __init__(self, records: list[dict]) -> None:
+        by_title: dict[str, dict[str, None]] = {}  # dicts as insertion-ordered sets
+        for rec in records:
+            by_title.setdefault(rec["title"], {})[rec["context"]] = None
+        self.records = [r for r in records if r["answers"]]
+        self.paragraphs: list[str] = []
+        self.span: dict[str, tuple[int, int]] = {}
+        for title, paras in by_title.items():
+            self.span[title] = (len(self.paragraphs), len(self.paragraphs) + len(paras))
+            self.paragraphs.extend(paras)
+        self.index_of = {(t, p): self.span[t][0] + i for t, paras in by_title.items() for i, p in enumerate(paras)}
+
+    def distractors(self, rng: random.Random, rec: dict, n: int, same_article: int) -> list[int]:
+        """n distinct paragraph indices other than rec's: up to same_article from its article, the rest from others."""
+        start, end = self.span[rec["title"]]
+        gold_idx = self.index_of[(rec["title"], rec["context"])]
+        own = [i for i in range(start, end) if i != gold_idx]
+        chosen = rng.sample(own, min(same_article, len(own), n))
+        n_other_pool = len(self.paragraphs) - (end - start)
+        for j in rng.sample(range(n_other_pool), min(n - len(chosen), n_other_pool)):
+            chosen.append(j if j < start else j + (end - start))
+        if len(chosen) < n:  # too few other articles: top up from the own article
+            rest = [i for i in own if i not in chosen]
+            chosen += rng.sample(rest, n - len(chosen))
+        return chosen
+
+    def example(self, rng: random.Random, rec: dict, k: int, same_article: int = 1, segment_chars: int = 0
+                ) -> SoupExample:
+        """rec's paragraph plus k-1 distractors, shuffled; with segment_chars > 0 the gold paragraph is first cut
+        into segments of about that many characters (all of them gold), and distractors fill up to k passages."""
+        gold_text = rec["context"]
+        golds = [gold_text]
+        if segment_chars > 0:
+            from ragsoup.corpus import chunk_text
+
+            golds = chunk_text(gold_text, max_chars=segment_chars) or [gold_text]
+        n_dis = max(0, k - len(golds))
+        chosen = self.distractors(rng, rec, n_dis, same_article)
+        docs, gold = shuffle_with_gold(rng, golds + [self.paragraphs[i] for i in chosen], range(len(golds)))
+        return SoupExample(docs=docs, question=rec["question"], answer=rec["answers"][0], gold=gold,
+                           answers=list(rec["answers"]))
+
+
 def squad_examples(
     records: list[dict],
     rng: random.Random,
@@ -101,51 +152,16 @@ def squad_examples(
     check_k(k)
     if same_article_distractors < 0:
         raise RagsoupError(f"same_article_distractors must be >= 0; got {same_article_distractors}")
-    # Distinct paragraphs, grouped contiguously by article.
-    by_title: dict[str, dict[str, None]] = {}  # dicts as insertion-ordered sets
-    for rec in records:
-        by_title.setdefault(rec["title"], {})[rec["context"]] = None
-    paragraphs: list[str] = []
-    span: dict[str, tuple[int, int]] = {}
-    for title, paras in by_title.items():
-        span[title] = (len(paragraphs), len(paragraphs) + len(paras))
-        paragraphs.extend(paras)
-    if len(paragraphs) < k:
-        raise RagsoupError(f"k={k} passages requested but the records hold only {len(paragraphs)} distinct paragraphs")
-    index_of = {(t, p): span[t][0] + i for t, paras in by_title.items() for i, p in enumerate(paras)}
-    return _squad_iter(records, rng, k, same_article_distractors, shuffle_records, paragraphs, span, index_of)
+    pool = SquadPool(records)
+    if len(pool.paragraphs) < k:
+        raise RagsoupError(f"k={k} passages requested but the records hold only {len(pool.paragraphs)} distinct paragraphs")
+    return _squad_iter(pool, rng, k, same_article_distractors, shuffle_records)
 
 
-def _squad_iter(
-    records: list[dict],
-    rng: random.Random,
-    k: int,
-    same_article_distractors: int,
-    shuffle_records: bool,
-    paragraphs: list[str],
-    span: dict[str, tuple[int, int]],
-    index_of: dict[tuple[str, str], int],
-) -> Iterator[SoupExample]:
-    order = list(range(len(records)))
+def _squad_iter(pool: SquadPool, rng: random.Random, k: int, same_article: int, shuffle_records: bool
+                ) -> Iterator[SoupExample]:
+    order = list(range(len(pool.records)))
     if shuffle_records:
         rng.shuffle(order)
     for r_idx in order:
-        rec = records[r_idx]
-        if not rec["answers"]:
-            continue
-        start, end = span[rec["title"]]
-        gold_idx = index_of[(rec["title"], rec["context"])]
-        own = [i for i in range(start, end) if i != gold_idx]
-        n_same = min(same_article_distractors, len(own), k - 1)
-        chosen = rng.sample(own, n_same)
-        n_other_pool = len(paragraphs) - (end - start)
-        n_other = min(k - 1 - n_same, n_other_pool)
-        for j in rng.sample(range(n_other_pool), n_other):
-            chosen.append(j if j < start else j + (end - start))
-        if len(chosen) < k - 1:  # too few other articles: top up from the own article
-            rest = [i for i in own if i not in chosen]
-            chosen += rng.sample(rest, k - 1 - len(chosen))
-        docs, gold = shuffle_with_gold(rng, [paragraphs[gold_idx]] + [paragraphs[i] for i in chosen], [0])
-        yield SoupExample(
-            docs=docs, question=rec["question"], answer=rec["answers"][0], gold=gold, answers=list(rec["answers"])
-        )
+        yield pool.example(rng, pool.records[r_idx], k, same_article)
