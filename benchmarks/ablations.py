@@ -1,11 +1,12 @@
 """The paper's ablations at our scale, one budget for every arm (docs/results.md section "Ablations").
 
 Every arm starts from the same language model (`ragsoup pretrain --preset ablation-lm`: the default
-architecture trained only on next-token prediction over the task passages) and gets the same soup-finetuning
-budget (steps, batch, learning rate, data seed); arms differ in one switch each:
+architecture trained only on next-token prediction over task examples in the concat layout, so it can answer
+from concatenated passages in context but has never seen a soup) and gets the same soup-finetuning budget
+(steps, batch, learning rate, data seed); arms differ in one switch each:
 
-  no-finetune     the LM itself, souped at inference
-  full            full encoder + decoder finetuning, mean pooling, k <= 8 (1 -> 8 over the first 500 steps)
+  no-finetune     the LM itself, souped at inference (no-finetune-concat: the LM reading the concatenation)
+  full            full encoder + decoder finetuning, mean pooling, k <= 8 (1 -> 8 over the first 300 steps)
   decoder-only    the encoder frozen at the LM's weights (--freeze-encoder)
   concat          trained and evaluated on concatenated passages (--mode concat)
   full-k64        as full but k <= 64 (generalisation in k)
@@ -34,19 +35,19 @@ from ragsoup.bench import run_eval
 from ragsoup.pretrain import PRETRAIN_PRESETS, PretrainConfig, pretrain
 from ragsoup.train import TrainConfig, train
 
-BUDGET = dict(tasks="needle:1,needle-distractor:1", k_min=1, k_max=8, k_ramp_steps=500, steps=1500, batch_size=8,
+BUDGET = dict(tasks="needle:1,needle-distractor:1", k_min=1, k_max=8, k_ramp_steps=300, steps=1000, batch_size=8,
               lr=2e-3, warmup_steps=50, passage_chars=200, eval_every=0, save_every=250, ckpt_group=0, seed=0)
 LM, LM_T = "runs/ablation-lm/last", "runs/ablation-lm-transformer/last"
 ARMS: dict[str, dict] = {
     "full": dict(init=LM),
     "decoder-only": dict(init=LM, freeze_encoder=True),
     "concat": dict(init=LM, mode="concat"),
-    "full-k64": dict(init=LM, k_max=64),
+    "kv-transformer": dict(init=LM_T),
     "sum": dict(init=LM, pool="sum"),
     "max": dict(init=LM, pool="max"),
     "sum-norm": dict(init=LM, pool="sum-norm"),
     "norm-mean": dict(init=LM, pool="norm-mean"),
-    "kv-transformer": dict(init=LM_T),
+    "full-k64": dict(init=LM, k_max=64),
 }
 EVAL = [("needle", 1), ("needle", 4), ("needle", 8), ("needle", 16), ("needle", 64), ("needle", 256),
         ("needle-distractor", 4), ("longdoc", 16), ("longdoc", 64)]
@@ -105,7 +106,7 @@ def evaluate(model: str, encoder: str | None, mode: str, pool: str, n: int) -> d
 def main(argv: list[str] | None = None) -> int:
     """Train and evaluate the arms; write JSON results and print a markdown table."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--arms", default="no-finetune," + ",".join(ARMS))
+    ap.add_argument("--arms", default="no-finetune,no-finetune-concat," + ",".join(ARMS))
     ap.add_argument("--n", type=int, default=64, help="examples per eval cell")
     ap.add_argument("--out", default="docs/data/ablations.json")
     args = ap.parse_args(argv)
@@ -114,9 +115,10 @@ def main(argv: list[str] | None = None) -> int:
     path = Path(args.out)
     results = json.loads(path.read_text()) if path.exists() else {}
     for arm in arms:
-        if arm == "no-finetune":
+        if arm in ("no-finetune", "no-finetune-concat"):
             ensure_lm("ablation-lm")
-            model, enc, wall, mode, pool = LM, None, 0.0, "soup", "mean"
+            model, enc, wall, pool = LM, None, 0.0, "mean"
+            mode = "concat" if arm == "no-finetune-concat" else "soup"
         else:
             if arm not in ARMS:
                 print(f"unknown arm {arm}: use {', '.join(ARMS)}", file=sys.stderr)
@@ -128,10 +130,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[{arm}] eval ({mode}, {pool})", flush=True)
         prev = results.get(arm, {})
         results[arm] = {"mode": mode, "pool": pool, "train_wall_s": prev.get("train_wall_s") if wall != wall else wall,
-                        "command": "ragsoup pretrain --preset ablation-lm" if arm == "no-finetune"
+                        "command": "ragsoup pretrain --preset ablation-lm" if arm.startswith("no-finetune")
                         else command(arm, {**BUDGET, **ARMS[arm]}),
                         "em": evaluate(model, enc, mode, pool, args.n)}
         path.parent.mkdir(parents=True, exist_ok=True)
+        results = {**(json.loads(path.read_text()) if path.exists() else {}), arm: results[arm]}  # merge
         path.write_text(json.dumps(results, indent=1))
     cols = [f"{t}@{k}" for t, k in EVAL]
     print("| arm | " + " | ".join(cols) + " |")

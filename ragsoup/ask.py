@@ -63,12 +63,6 @@ class Engine:
         self.embedder = get_embedder(m.embedder, self.device)
         self.segments = segments(self.loaded.model.cfg)
 
-    def _buffer(self, k: int):
-        """A reused host buffer for k state rows (grown on demand), so reads don't page-fault fresh memory."""
-        if getattr(self, "_buf", None) is None or self._buf.shape[0] < k:
-            self._buf = np.empty((k, self.store.rows.shape[1]), dtype=self.store.rows.dtype)
-        return self._buf
-
     def ask(self, question: str, k: int = 5, pool: str = "mean", max_new_tokens: int = 32) -> AskResult:
         """Answer one question from the soup of its top-k passages' states."""
         question = question.strip()
@@ -86,9 +80,8 @@ class Engine:
         scores, rows = search(self.faiss, q, k)
         rows, scores = rows[0].tolist(), scores[0].tolist()
         t1 = time.perf_counter()
-        raw = self.store.read(sorted(rows), out=self._buffer(k))  # the k rows, read in file order
-        t2 = time.perf_counter()
-        souped = soup_rows(raw, pool, self.segments).to(self.device)
+        # the k rows stream, in file order, straight from the memory map into the fp32 accumulator (one pass)
+        souped = soup_rows(self.store.view(), pool, self.segments, index=sorted(rows)).to(self.device)
         states = unflatten_states(souped[None], self.loaded.model.cfg)
         if self.device == "cuda":
             torch.cuda.synchronize()
@@ -101,7 +94,7 @@ class Engine:
             for r, s in zip(rows, scores)
         ]
         ms = lambda a, b: round((b - a) * 1000, 3)  # noqa: E731
-        timings = {"retrieve": ms(t0, t1), "load": ms(t1, t2), "soup": ms(t2, t3), "decode": ms(t3, t4), "total": ms(t0, t4)}
+        timings = {"retrieve": ms(t0, t1), "soup": ms(t1, t3), "decode": ms(t3, t4), "total": ms(t0, t4)}
         return AskResult(question, answer, k, pool, passages, timings, notices)
 
 
@@ -136,6 +129,6 @@ def ask_document(
     t2 = time.perf_counter()
     passages = [{"id": f"{path.name}#{i}", "score": 0.0, "text": s, "title": path.name, "source": str(path)}
                 for i, s in enumerate(segments)]
-    timings = {"retrieve": 0.0, "load": 0.0, "soup": round((t1 - t0) * 1000, 3), "decode": round((t2 - t1) * 1000, 3),
+    timings = {"retrieve": 0.0, "soup": round((t1 - t0) * 1000, 3), "decode": round((t2 - t1) * 1000, 3),
                "total": round((t2 - t0) * 1000, 3)}
     return AskResult(question, answer, len(segments), pool, passages, timings)

@@ -481,7 +481,7 @@ def _ask_soup(engine: Any, question: str, k: int, pool: str, max_new_tokens: int
     """One query through Engine.ask: (answer, retrieved passage ids, stage ms)."""
     res = engine.ask(question, k=k, pool=pool, max_new_tokens=max_new_tokens)
     t = res.timings_ms
-    stages = {"retrieve": t["retrieve"], "load": t["load"], "soup": t["soup"], "load_soup": t["load"] + t["soup"],
+    stages = {"retrieve": t["retrieve"], "load_soup": t["soup"],
               "decode": t["decode"], "total": t["total"]}
     return res.answer, [p["id"] for p in res.passages], stages
 

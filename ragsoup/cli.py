@@ -170,7 +170,7 @@ def _render_answer(res, json_out: bool, title: str) -> None:
         table.add_row(str(i), f"{p['score']:.3f}", escape(p["title"] or p["source"]), escape(snippet))
     console.print(table)
     t = res.timings_ms
-    console.print(" | ".join(f"{name} {t[name]:.1f} ms" for name in ("retrieve", "load", "soup", "decode", "total")))
+    console.print(" | ".join(f"{name} {t[name]:.1f} ms" for name in ("retrieve", "soup", "decode", "total")))
 
 def _ask_file(engine, path: Path, k: int, pool: str, max_new_tokens: int, json_out: bool) -> None:
     """Answer every question of a questions.jsonl file; print each and the EM/F1 totals."""
@@ -283,6 +283,7 @@ def pretrain(
     tokenizer: Optional[str] = typer.Option(None, help="bytes or bpe:VOCAB (new models only)."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last checkpoint."),
     until: Optional[int] = typer.Option(None, help="Stop after this step (the schedule still spans --steps); resume later."),
+    qa: bool = typer.Option(False, "--qa", help="tasks: text: follow each example's passages with its question and answer (in-context QA over concatenations)."),
     prepare_only: bool = typer.Option(False, "--prepare-only", help="Only train the tokenizer and tokenise the text into OUT/data (shards to carry to a GPU machine)."),
     device: str = typer.Option("auto", help="auto, cpu or cuda."),
     threads: Optional[int] = typer.Option(None, help="torch CPU threads (default: torch's choice)."),
@@ -299,6 +300,8 @@ def pretrain(
     saved = Path(given["out"] or base.get("out") or "runs/lm") / "pretrain_config.json"
     if resume and saved.exists():
         base = json.loads(saved.read_text())
+    if qa:
+        given["qa"] = True
     cfg = PretrainConfig.from_dict({**base, **{k: v for k, v in given.items() if v is not None}})
     set_threads(threads)
     if prepare_only:
@@ -327,6 +330,33 @@ def pretrain(
 
         final = run_pretrain(cfg, resume=resume, on_log=on_log, device=dev)
     console.print(f"[green]saved[/] {final}")
+
+
+@app.command()
+@domain_errors
+def export(
+    src: str = typer.Argument(..., help="Checkpoint directory (e.g. runs/NAME/last)."),
+    dst: Path = typer.Argument(..., help="Where to write the shippable copy (e.g. ragsoup/models/NAME)."),
+    dtype: str = typer.Option("float32", help="Weight dtype to store: float32, bfloat16 or float16."),
+    max_shard_mb: float = typer.Option(15.0, help="Split the weights into files of at most this many MB."),
+) -> None:
+    """Write a checkpoint for shipping: chosen weight dtype, weights split into files of bounded size."""
+    import torch
+
+    from ragsoup.checkpoint import load_model, save_checkpoint
+
+    dtypes = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}
+    if dtype not in dtypes:
+        raise RagsoupError(f"unknown --dtype '{dtype}': use {', '.join(dtypes)}")
+    if max_shard_mb <= 0:
+        raise RagsoupError("--max-shard-mb must be positive")
+    loaded = load_model(src)
+    meta = {**loaded.meta, "exported_from": {"fingerprint": loaded.fingerprint, "dtype": dtype}}
+    fp = save_checkpoint(loaded.model, loaded.tokenizer, dst, meta=meta, dtype=dtypes[dtype],
+                         max_shard_bytes=int(max_shard_mb * (1 << 20)))
+    files = sorted(dst.glob("*.safetensors"))
+    total = sum(f.stat().st_size for f in files) / (1 << 20)
+    console.print(f"[green]exported[/] {dst}: {len(files)} weight file(s), {total:.1f} MB ({dtype}), fingerprint {fp}")
 
 
 @app.command("make-corpus")

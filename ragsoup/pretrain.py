@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from ragsoup.checkpoint import load_model
 from ragsoup.errors import RagsoupError
 from ragsoup.tasks import generate_example
-from ragsoup.tokenizer import Tokenizer, passage_ids, train_bpe
+from ragsoup.tokenizer import Tokenizer, answer_ids, passage_ids, prompt_ids, train_bpe
 from ragsoup.train import (TrainConfig, lr_at, make_optimizer, make_tokenizer, new_model, parse_mix, save_run,
                            truncate_log)
 
@@ -32,6 +32,8 @@ from ragsoup.train import (TrainConfig, lr_at, make_optimizer, make_tokenizer, n
 class PretrainConfig:
     out: str = "runs/lm"
     text: str = "tasks:needle:3,needle-distractor:2,two-hop:1"  # "tasks:MIX" or comma-separated corpus paths
+    qa: bool = False  # tasks: text: follow each example's passages with its question and answer (in-context QA)
+    qa_k_max: int = 4  # with qa: 1..qa_k_max passages per example
     passage_chars: int = 200  # generated passages (tasks:) / chunk size for files
     seq_len: int = 256
     batch_size: int = 16
@@ -59,15 +61,17 @@ class PretrainConfig:
 
 
 PRETRAIN_PRESETS: dict[str, dict] = {
-    # the LM that the finetuning-regime ablation starts from (docs/results.md): the default architecture, trained
-    # only to predict the next token of the task generators' passages
-    "ablation-lm": dict(out="runs/ablation-lm", text="tasks:needle:3,needle-distractor:2,two-hop:1", seq_len=256,
-                        batch_size=16, steps=600, lr=2e-3, warmup_steps=50, eval_every=200, save_every=200,
-                        model=dict(d_model=256, n_layer=4, d_state=64, headdim=64, expand=2, chunk_size=64)),
+    # the LM that the finetuning-regime ablation starts from (docs/results.md): the default architecture trained
+    # only on next-token prediction over task examples in the concat layout (passages, then question and answer),
+    # so it answers from concatenated passages in context, as a pretrained LM does, but has never seen a soup
+    "ablation-lm": dict(out="runs/ablation-lm", text="tasks:needle:1,needle-distractor:1", qa=True, qa_k_max=4,
+                        seq_len=256, batch_size=16, steps=1000, lr=2e-3, warmup_steps=50, eval_every=250,
+                        save_every=250, model=dict(d_model=256, n_layer=4, d_state=64, headdim=64, expand=2,
+                                                   chunk_size=64)),
     "ablation-lm-transformer": dict(out="runs/ablation-lm-transformer", arch="transformer",
-                                    text="tasks:needle:3,needle-distractor:2,two-hop:1", seq_len=256, batch_size=16,
-                                    steps=600, lr=2e-3, warmup_steps=50, eval_every=200, save_every=200,
-                                    model=dict(d_model=256, n_layer=4, n_head=4, mlp_ratio=1.5)),
+                                    text="tasks:needle:1,needle-distractor:1", qa=True, qa_k_max=4, seq_len=256,
+                                    batch_size=16, steps=1000, lr=2e-3, warmup_steps=50, eval_every=250,
+                                    save_every=250, model=dict(d_model=256, n_layer=4, n_head=4, mlp_ratio=1.5)),
     "tiny": dict(out="runs/lm-tiny", text="tasks:needle:1", seq_len=64, batch_size=4, steps=10, warmup_steps=2,
                  eval_every=5, eval_batches=1, save_every=5, tokenizer="bytes",
                  model=dict(d_model=32, n_layer=2, d_state=16, headdim=16, chunk_size=16)),
@@ -78,19 +82,27 @@ PRETRAIN_PRESETS: dict[str, dict] = {
 
 
 class TaskText:
-    """Passages of the task generators, drawn fresh for every row (an endless, seeded stream)."""
+    """Passages of the task generators, drawn fresh for every row (an endless, seeded stream).
 
-    def __init__(self, mix: str, passage_chars: int, tok: Tokenizer) -> None:
-        self.mix, self.passage_chars, self.tok = parse_mix(mix), passage_chars, tok
+    With ``qa``, each example's passages are followed by its question and answer in the concat layout
+    (``p1 <doc> ... pk <doc> <q> question <a> answer <eos>``): the LM learns question answering over
+    concatenated passages in context, as a pretrained LM has, but never sees a souped state.
+    """
+
+    def __init__(self, mix: str, passage_chars: int, tok: Tokenizer, qa: bool = False, k_max: int = 4) -> None:
+        self.mix, self.passage_chars, self.tok, self.qa, self.k_max = parse_mix(mix), passage_chars, tok, qa, k_max
 
     def row(self, rng: random.Random, n: int) -> list[int]:
-        """n tokens of consecutive passages, starting at a passage boundary."""
+        """n tokens of consecutive examples, starting at a passage boundary."""
         names, weights = zip(*self.mix)
         ids: list[int] = []
         while len(ids) < n:
-            ex = generate_example(rng.choices(names, weights)[0], rng, 4, passage_chars=self.passage_chars)
+            k = rng.randint(1, self.k_max) if self.qa else 4
+            ex = generate_example(rng.choices(names, weights)[0], rng, k, passage_chars=self.passage_chars)
             for d in ex.docs:
                 ids += passage_ids(self.tok, d, 10_000)
+            if self.qa:
+                ids += prompt_ids(self.tok, ex.question) + answer_ids(self.tok, ex.answer)
         return ids[:n]
 
 
@@ -261,7 +273,7 @@ def prepare_data(cfg: PretrainConfig, out: Path, tok: Tokenizer | None = None) -
 def text_source(cfg: PretrainConfig, tok: Tokenizer, out: Path) -> tuple[object, object]:
     """(train, held-out) sources with a ``row(rng, n)`` method."""
     if cfg.text.startswith("tasks:"):
-        src = TaskText(cfg.text.removeprefix("tasks:"), cfg.passage_chars, tok)
+        src = TaskText(cfg.text.removeprefix("tasks:"), cfg.passage_chars, tok, cfg.qa, cfg.qa_k_max)
         return src, src  # held-out rows come from seeds training never draws
     return load_shards(out / "data")
 

@@ -12,6 +12,8 @@ Two entry points: ``pool_states`` for batched model states (differentiable, used
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 import torch
 from torch import Tensor
@@ -61,27 +63,32 @@ def pool_states(states: States, k: int, op: str = "mean") -> States:
     return out
 
 
-def soup_rows(rows: np.ndarray | Tensor, op: str, segments: list[tuple[int, int]]) -> Tensor:
+def soup_rows(rows: np.ndarray | Tensor, op: str, segments: list[tuple[int, int]],
+              index: Sequence[int] | None = None) -> Tensor:
     """Pool k flat state rows [k, D] (any float dtype) into one fp32 row [D].
 
     mean/sum/max stream each row once into an fp32 accumulator (``add_`` / ``maximum``), which is
-    bandwidth-bound, unlike a reduction over an fp16 [k, D] tensor. ``segments`` lists (offset, numel)
-    of each state component, used by the norm-based operators.
+    bandwidth-bound, unlike a reduction over an fp16 [k, D] tensor. With ``index``, the rows pooled are
+    rows[index], read straight from ``rows`` (e.g. the memory-mapped state store): no intermediate copy.
+    ``segments`` lists (offset, numel) of each state component, used by the norm-based operators.
     """
     check_pool(op)
     r = torch.from_numpy(np.asarray(rows)) if not isinstance(rows, Tensor) else rows
-    k = r.shape[0]
+    order = list(range(r.shape[0])) if index is None else [int(i) for i in index]
+    k = len(order)
     if k == 0:
         raise RagsoupError("cannot soup zero passages")
-    acc = r[0].to(torch.float32, copy=True)
-    if op in ("mean", "sum"):
-        for i in range(1, k):
-            acc.add_(r[i])
+    if op in ("mean", "sum", "max"):
+        acc = r[order[0]].to(torch.float32, copy=True)
+        for i in order[1:]:
+            if op == "max":
+                torch.maximum(acc, r[i].float(), out=acc)
+            else:
+                acc.add_(r[i])
         return acc.mul_(1.0 / k) if op == "mean" else acc
-    if op == "max":
-        for i in range(1, k):
-            torch.maximum(acc, r[i].float(), out=acc)
-        return acc
+    if index is not None:
+        r = r.index_select(0, torch.as_tensor(order))
+    acc = r[0].to(torch.float32, copy=True)
     # norm-based operators, per component
     norms = torch.stack([r[:, o : o + n].float().norm(dim=1) for o, n in segments], dim=1)  # [k, S]
     scale = norms.mean(0)  # [S]

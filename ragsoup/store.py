@@ -116,11 +116,11 @@ class StateStore:
             return self.rows[idx]
         dst = out[: len(idx)]
         # torch's index_select copies rows in parallel straight from the mapping (numpy's take is far slower)
-        torch.index_select(self._tensor(), 0, torch.from_numpy(idx), out=torch.from_numpy(dst))
+        torch.index_select(self.view(), 0, torch.from_numpy(idx), out=torch.from_numpy(dst))
         return dst
 
-    def _tensor(self) -> Tensor:
-        """A zero-copy, read-only torch view of the mapped rows (never written to)."""
+    def view(self) -> Tensor:
+        """A zero-copy, read-only torch view of the mapped rows [n, D] (never written to)."""
         if getattr(self, "_view", None) is None:
             import warnings
 

@@ -289,3 +289,21 @@ def test_predict_one_string_per_example(mode):
     assert predict(m, tok, exs, mode=mode, batch_size=3, max_new_tokens=4) == preds
     res = score(preds, exs)
     assert res["n"] == 3 and 0 <= res["em"] <= 100 and 0 <= res["f1"] <= 100
+
+
+def test_export_cli_writes_a_bf16_sharded_copy(tmp_path):
+    from typer.testing import CliRunner
+
+    from ragsoup.cli import app
+
+    model = _model(seed=5)
+    save_checkpoint(model, ByteTokenizer(), tmp_path / "src", meta={"train": {"passage_chars": 80}})
+    res = CliRunner().invoke(app, ["export", str(tmp_path / "src"), str(tmp_path / "dst"), "--dtype", "bfloat16",
+                                   "--max-shard-mb", "0.02"])
+    assert res.exit_code == 0, res.output
+    files = sorted((tmp_path / "dst").glob("*.safetensors"))
+    assert len(files) > 1 and "exported" in res.output
+    loaded = load_model(tmp_path / "dst")
+    assert loaded.meta["train"] == {"passage_chars": 80} and loaded.meta["exported_from"]["dtype"] == "bfloat16"
+    res = CliRunner().invoke(app, ["export", str(tmp_path / "src"), str(tmp_path / "x"), "--dtype", "int8"])
+    assert res.exit_code == 1 and "unknown --dtype" in res.output

@@ -252,7 +252,7 @@ def test_ask_json(built):
     scores = [p["score"] for p in obj["passages"]]
     assert scores == sorted(scores, reverse=True)
     assert len({p["id"] for p in obj["passages"]}) == 3
-    assert set(obj["timings_ms"]) == {"retrieve", "load", "soup", "decode", "total"}
+    assert set(obj["timings_ms"]) == {"retrieve", "soup", "decode", "total"}
     assert all(v >= 0 for v in obj["timings_ms"].values())
     assert obj["timings_ms"]["total"] >= obj["timings_ms"]["decode"]
     assert obj["passages"][0]["id"] == passages_by_source(built["out"])["bridge.txt"]["id"]
@@ -649,7 +649,7 @@ def test_ask_doc_soups_every_segment(model_a, tmp_path):
     out = one_json(run("ask", "What is in the document?", "--doc", str(doc), "--model", str(model_a), "--chunk-chars", "60", "--json"))
     assert out["k"] == len(out["passages"]) >= 4  # every segment is souped
     assert " ".join(p["text"] for p in out["passages"]).count("Sentence number") == 6
-    assert set(out["timings_ms"]) == {"retrieve", "load", "soup", "decode", "total"}
+    assert set(out["timings_ms"]) == {"retrieve", "soup", "decode", "total"}
 
 
 def test_ask_doc_missing_file_is_one_error_line(model_a, tmp_path):

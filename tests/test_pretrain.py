@@ -38,6 +38,15 @@ def test_task_text_rows_start_at_a_passage_and_have_the_asked_length():
     assert src.row(random.Random(0), 300) == row
 
 
+def test_task_text_with_qa_appends_each_examples_question_and_answer():
+    tok = ByteTokenizer()
+    row = TaskText("needle:1", 80, tok, qa=True, k_max=3).row(random.Random(1), 2000)
+    assert row.count(tok.q_id) >= 3 and row.count(tok.q_id) == row.count(tok.a_id)
+    first_q, first_a = row.index(tok.q_id), row.index(tok.a_id)
+    answer = bytes(row[first_a + 1 : row.index(tok.eos_id)]).decode()
+    assert answer.isdigit() and answer in bytes(t for t in row[:first_q] if t < 256).decode()  # answerable in context
+
+
 def test_token_shards_draw_rows_from_passage_starts_and_wrap():
     a = (np.arange(10, dtype=np.uint16), np.array([0, 4, 7]))
     b = (np.arange(100, 103, dtype=np.uint16), np.array([0]))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -219,3 +220,22 @@ def test_souped_rows_unflatten_to_pooled_states():
     for p, q in zip(back, ref):
         torch.testing.assert_close(p.conv, q.conv, rtol=1e-5, atol=1e-5)
         torch.testing.assert_close(p.ssm, q.ssm, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("op", POOLS)
+def test_soup_rows_with_an_index_pools_exactly_those_rows_of_a_read_only_store(op, tmp_path):
+    rng = np.random.default_rng(4)
+    segs = [(0, 6), (6, 10)]
+    table = rng.standard_normal((12, 16)).astype(np.float16)
+    np.save(tmp_path / "rows.npy", table)
+    mapped = np.load(tmp_path / "rows.npy", mmap_mode="r")  # read-only, like the state store
+    idx = [1, 4, 5, 9, 11]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # torch: the mapping is not writable (soup_rows never writes)
+        view = torch.from_numpy(mapped)
+    got = soup_rows(view, op, segs, index=idx)
+    want = soup_rows(table[idx], op, segs)
+    torch.testing.assert_close(got, want, rtol=0, atol=0)
+    assert got.dtype == torch.float32
+    with pytest.raises(RagsoupError, match="zero"):
+        soup_rows(view, op, segs, index=[])
