@@ -72,6 +72,14 @@ PRETRAIN_PRESETS: dict[str, dict] = {
                                     text="tasks:needle:1,needle-distractor:1", qa=True, qa_k_max=4, seq_len=256,
                                     batch_size=16, steps=1000, lr=2e-3, warmup_steps=50, eval_every=250,
                                     save_every=250, model=dict(d_model=256, n_layer=4, n_head=4, mlp_ratio=1.5)),
+    # stage 1 of the real-text model wiki-small (docs/models.md): English prose (Gutenberg) + SQuAD training articles.
+    # Tokenise on any machine (--prepare-only), then train on a GPU in <= 20-minute runs, each from the last export.
+    "wiki-small": dict(out="runs/wiki-lm", text=",".join([*(f"../shared/data/gutenberg/books-0{i}.jsonl.gz"
+                                                            for i in range(4)),
+                                                          "../shared/data/squad/train-v1.1.reconstructed.json.gz"]),
+                       passage_chars=600, tokenizer="bpe:8192", seq_len=512, batch_size=64, steps=6000, lr=1.5e-3,
+                       warmup_steps=300, eval_every=500, eval_batches=8, save_every=500,
+                       model=dict(d_model=384, n_layer=8, d_state=64, headdim=64, expand=2, chunk_size=64)),
     "tiny": dict(out="runs/lm-tiny", text="tasks:needle:1", seq_len=64, batch_size=4, steps=10, warmup_steps=2,
                  eval_every=5, eval_batches=1, save_every=5, tokenizer="bytes",
                  model=dict(d_model=32, n_layer=2, d_state=16, headdim=16, chunk_size=16)),

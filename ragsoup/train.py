@@ -113,6 +113,21 @@ PRESETS: dict[str, dict] = {
         eval_every=500, eval_ks="1,4,16,64", eval_n=32, save_every=250, ckpt_group=0,
         model=dict(d_model=256, n_layer=4, n_head=4, mlp_ratio=1.5),
     ),
+    # stage 2 of wiki-small: soup finetuning on SQuAD training articles (gold paragraph, or its segments, plus
+    # distractors from the same and other articles), k growing 1 -> 16; held-out EM on the held-out articles
+    "wiki-small-squad": dict(
+        out="runs/wiki-squad", init="runs/wiki-lm/last", squad="../shared/data/squad/train-v1.1.reconstructed.json.gz",
+        tasks="squad:3,squad-segments:1", k_min=1, k_max=16, k_ramp_steps=1500, steps=4000, batch_size=32, lr=5e-4,
+        warmup_steps=100, passage_chars=600, max_tokens=512, eval_every=500, eval_ks="1,5", eval_n=200,
+        save_every=500, ckpt_group=16,
+    ),
+    # the same budget reading concatenated passages (the baseline wiki-small's soup is compared with)
+    "wiki-small-squad-concat": dict(
+        out="runs/wiki-squad-concat", init="runs/wiki-lm/last", mode="concat",
+        squad="../shared/data/squad/train-v1.1.reconstructed.json.gz", tasks="squad:3,squad-segments:1", k_min=1,
+        k_max=16, k_ramp_steps=1500, steps=4000, batch_size=32, lr=5e-4, warmup_steps=100, passage_chars=600,
+        max_tokens=512, eval_every=500, eval_ks="1,5", eval_n=200, save_every=500, ckpt_group=16,
+    ),
     # seconds-long smoke run
     "tiny": dict(
         out="runs/tiny", tasks="needle:1", k_min=1, k_max=4, steps=20, batch_size=4, lr=3e-3, warmup_steps=2,

@@ -179,3 +179,43 @@ def test_prepare_only_cli_writes_shards_and_no_model(tmp_path):
     assert "tokenised" in res.output and (out / "data" / "data.json").exists() and not (out / "last").exists()
     res = CliRunner().invoke(app, ["pretrain", "--text", "tasks:needle:1", "--prepare-only", "--out", str(out)])
     assert res.exit_code == 1 and "--prepare-only" in res.output
+
+
+def test_real_text_pipeline_end_to_end_on_tiny_files(tmp_path):
+    """The wiki-small recipe at toy size: tokenise prose + SQuAD, pretrain, soup-finetune on SQuAD, export, eval."""
+    import gzip
+
+    rng = random.Random(0)
+    words = "the river ran past a quiet mill where old stones lay under green moss and grey sky".split()
+    books = tmp_path / "books.jsonl.gz"
+    with gzip.open(books, "wt") as f:
+        for b in range(3):
+            text = ". ".join(" ".join(rng.choice(words) for _ in range(9)).capitalize() for _ in range(80)) + "."
+            f.write(json.dumps({"id": b, "text": text}) + "\n")
+    arts = [{"title": f"Place {a}", "paragraphs": [
+        {"context": f"Place {a} lies by the river. Its mill belongs to Ona{a}x{i}. The stones are old.",
+         "qas": [{"id": f"{a}-{i}", "question": f"Who owns the mill of place {a} {i}?",
+                  "answers": [{"text": f"Ona{a}x{i}", "answer_start": 0}]}]} for i in range(2)]} for a in range(60)]
+    squad = tmp_path / "squad.json"
+    squad.write_text(json.dumps({"version": "1.1", "data": arts}))
+    run = CliRunner().invoke
+    lm = tmp_path / "lm"
+    common = ["--out", str(lm), "--tokenizer", "bpe:320", "--seq-len", "64", "--batch-size", "2"]
+    res = run(app, ["pretrain", "--preset", "wiki-small", "--text", f"{books},{squad}", *common, "--prepare-only"])
+    assert res.exit_code == 0, res.output
+    res = run(app, ["pretrain", "--preset", "wiki-small", "--text", f"{books},{squad}", *common, "--steps", "2",
+                    "--lr", "1e-3"])
+    assert res.exit_code == 0, res.output
+    # the preset's model is 10.7M parameters; the test trains the preset's recipe on it for 2 steps only
+    res = run(app, ["train", "--preset", "wiki-small-squad", "--init", str(lm / "last"), "--squad", str(squad),
+                    "--out", str(tmp_path / "ft"), "--steps", "2", "--batch-size", "2", "--k-max", "3",
+                    "--eval-every", "0"])
+    assert res.exit_code == 0, res.output
+    res = run(app, ["export", str(tmp_path / "ft" / "last"), str(tmp_path / "ship"), "--dtype", "bfloat16"])
+    assert res.exit_code == 0, res.output
+    assert sum(f.stat().st_size for f in (tmp_path / "ship").glob("*.safetensors")) < 0.55 * sum(
+        f.stat().st_size for f in (tmp_path / "ft" / "last").glob("*.safetensors"))
+    res = run(app, ["eval", "--task", "squad", "--data", str(squad), "--split", "val", "--k", "2", "--limit", "2",
+                    "--model", str(tmp_path / "ship"), "--max-new-tokens", "4", "--json"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout.strip().splitlines()[-1])["n"] == 2
