@@ -155,8 +155,27 @@ def corpus_texts(paths: list[str], passage_chars: int) -> Iterator[str]:
                 for context in dict.fromkeys(r["context"] for r in train):
                     yield from chunk_text(context, max_chars=passage_chars)
                 continue
+        if p.lower().endswith((".jsonl", ".jsonl.gz")):  # e.g. Gutenberg shards: drop each book's licence header/footer
+            yield from _jsonl_texts(Path(p), passage_chars)
+            continue
         for passage in load_corpus(p, max_chars=passage_chars).passages:
             yield passage.text
+
+
+def _jsonl_texts(path: Path, passage_chars: int) -> Iterator[str]:
+    """Chunks of each record's ``text``, without a Project Gutenberg START/END header and footer."""
+    import gzip
+
+    from ragsoup.corpus import chunk_text
+    from ragsoup.jsonl import iter_jsonl
+    from ragsoup.tasks.filler import strip_gutenberg
+
+    opener = gzip.open if path.name.lower().endswith(".gz") else open
+    with opener(path, "rt", encoding="utf-8") as f:
+        for lineno, obj in iter_jsonl(f, path):
+            if not isinstance(obj, dict) or not isinstance(obj.get("text"), str):
+                raise RagsoupError(f'{path}:{lineno}: expected an object with a "text" string')
+            yield from chunk_text(strip_gutenberg(obj["text"]), max_chars=passage_chars)
 
 
 HELDOUT_EVERY = 100  # every 100th passage of the corpus is held out (never trained on)
@@ -236,7 +255,7 @@ def _file_paths(cfg: PretrainConfig) -> list[str]:
     return paths
 
 
-def make_lm_tokenizer(cfg: PretrainConfig, n_passages: int = 20_000) -> Tokenizer:
+def make_lm_tokenizer(cfg: PretrainConfig, n_passages: int = 40_000) -> Tokenizer:
     """The tokenizer for a new model: as `ragsoup train` makes it for tasks text, else a BPE on the files' text."""
     if cfg.text.startswith("tasks:") or cfg.tokenizer == "bytes":
         return make_tokenizer(TrainConfig(tasks=cfg.text.removeprefix("tasks:") if cfg.text.startswith("tasks:")
@@ -245,11 +264,13 @@ def make_lm_tokenizer(cfg: PretrainConfig, n_passages: int = 20_000) -> Tokenize
     kind, _, size = cfg.tokenizer.partition(":")
     if kind != "bpe" or not size.isdigit():
         raise RagsoupError(f"unknown tokenizer '{cfg.tokenizer}': use bytes or bpe:VOCAB (e.g. bpe:2048)")
-    sample = []
-    for i, t in enumerate(corpus_texts(_file_paths(cfg), cfg.passage_chars)):
-        if i >= n_passages:
-            break
-        sample.append(t)
+    paths = _file_paths(cfg)
+    sample: list[str] = []
+    for p in paths:  # the same number of passages from each source
+        for i, t in enumerate(corpus_texts([p], cfg.passage_chars)):
+            if i >= n_passages // len(paths):
+                break
+            sample.append(t)
     return train_bpe(sample, int(size))
 
 

@@ -219,3 +219,15 @@ def test_real_text_pipeline_end_to_end_on_tiny_files(tmp_path):
                     "--model", str(tmp_path / "ship"), "--max-new-tokens", "4", "--json"])
     assert res.exit_code == 0, res.output
     assert json.loads(res.stdout.strip().splitlines()[-1])["n"] == 2
+
+
+def test_gutenberg_jsonl_text_loses_its_licence_header_and_footer(tmp_path):
+    body = "It was a bright cold day in April. The clocks were striking. " * 10
+    book = ("The Project Gutenberg EBook of Nothing.\nLicence words here.\n*** START OF THIS PROJECT GUTENBERG EBOOK "
+            "NOTHING ***\n" + body + "\n*** END OF THIS PROJECT GUTENBERG EBOOK NOTHING ***\nMore licence words.")
+    path = tmp_path / "books.jsonl"
+    path.write_text(json.dumps({"title": "Nothing", "text": book}) + "\n")
+    texts = list(corpus_texts([str(path)], 200))
+    joined = " ".join(texts)
+    assert "bright cold day" in joined and "Licence" not in joined and "licence" not in joined
+    assert "Gutenberg" not in joined and all(len(t) <= 200 for t in texts)
