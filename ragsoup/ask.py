@@ -5,8 +5,8 @@ from __future__ import annotations
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Sequence
 
-import numpy as np
 import torch
 
 from ragsoup.device import pick_device
@@ -65,8 +65,16 @@ class Engine:
 
     def ask(self, question: str, k: int = 5, pool: str = "mean", max_new_tokens: int = 32) -> AskResult:
         """Answer one question from the soup of its top-k passages' states."""
-        question = question.strip()
-        if not question:
+        return self.ask_batch([question], k, pool, max_new_tokens)[0]
+
+    def ask_batch(self, questions: Sequence[str], k: int = 5, pool: str = "mean",
+                  max_new_tokens: int = 32) -> list[AskResult]:
+        """Answer several questions at once: one embedding call, one FAISS search, one batched decode.
+
+        Each question gets its own top-k soup; timings are the batch's per stage, divided by its size.
+        """
+        questions = [q.strip() for q in questions]
+        if not questions or not all(questions):
             raise RagsoupError("the question is empty: ask something, e.g. ragsoup ask \"What is ...?\"")
         if k <= 0:
             raise RagsoupError(f"--k must be at least 1 (got {k})")
@@ -76,26 +84,29 @@ class Engine:
             notices.append(f"k={k} is more than the {len(self.passages)} passages in the index; using k={len(self.passages)}")
             k = len(self.passages)
         t0 = time.perf_counter()
-        q = self.embedder.encode([question])
-        scores, rows = search(self.faiss, q, k)
-        rows, scores = rows[0].tolist(), scores[0].tolist()
+        scores, rows = search(self.faiss, self.embedder.encode(list(questions)), k)
         t1 = time.perf_counter()
-        # the k rows stream, in file order, straight from the memory map into the fp32 accumulator (one pass)
-        souped = soup_rows(self.store.view(), pool, self.segments, index=sorted(rows)).to(self.device)
-        states = unflatten_states(souped[None], self.loaded.model.cfg)
+        # each question's k rows stream, in file order, straight from the memory map into its fp32 soup (one pass)
+        view = self.store.view()
+        souped = torch.stack([soup_rows(view, pool, self.segments, index=sorted(r)) for r in rows.tolist()])
+        states = unflatten_states(souped.to(self.device), self.loaded.model.cfg)
         if self.device == "cuda":
             torch.cuda.synchronize()
+        t2 = time.perf_counter()
+        answers = generate(self.loaded.model, self.loaded.tokenizer, states, questions, max_new_tokens)
         t3 = time.perf_counter()
-        answer = generate(self.loaded.model, self.loaded.tokenizer, states, [question], max_new_tokens)[0]
-        t4 = time.perf_counter()
-        passages = [
-            {"id": self.passages[r].id, "score": round(float(s), 4), "text": self.passages[r].text,
-             "title": self.passages[r].title, "source": self.passages[r].source}
-            for r, s in zip(rows, scores)
-        ]
-        ms = lambda a, b: round((b - a) * 1000, 3)  # noqa: E731
-        timings = {"retrieve": ms(t0, t1), "soup": ms(t1, t3), "decode": ms(t3, t4), "total": ms(t0, t4)}
-        return AskResult(question, answer, k, pool, passages, timings, notices)
+        n = len(questions)
+        ms = lambda a, b: round((b - a) * 1000 / n, 3)  # noqa: E731
+        timings = {"retrieve": ms(t0, t1), "soup": ms(t1, t2), "decode": ms(t2, t3), "total": ms(t0, t3)}
+        out = []
+        for question, answer, r_row, s_row in zip(questions, answers, rows.tolist(), scores.tolist()):
+            passages = [
+                {"id": self.passages[r].id, "score": round(float(sc), 4), "text": self.passages[r].text,
+                 "title": self.passages[r].title, "source": self.passages[r].source}
+                for r, sc in zip(r_row, s_row)
+            ]
+            out.append(AskResult(question, answer, k, pool, passages, dict(timings), list(notices)))
+        return out
 
 
 def ask_document(

@@ -332,6 +332,7 @@ class BenchConfig:
     cache_dir: str | None = None  # default: .bench/<task>-<passages>-<seed>-<model fingerprint>
     batch_size: int = 16
     bandwidth_bytes: int = 256 << 20
+    query_batch: int = 1  # soup: questions answered together (Engine.ask_batch); latencies are then per question
 
     @classmethod
     def quick(cls, **overrides: Any) -> "BenchConfig":
@@ -358,6 +359,7 @@ class BenchRow:
     state_bytes_read: int
     bandwidth_bound_ms: float | None = None  # soup: state_bytes_read / copy bandwidth
     load_soup_ms_p50: float | None = None  # soup: measured read + pool time
+    query_batch: int = 1  # questions answered together; > 1: stage times are the batch's divided by its size
 
 
 @dataclass
@@ -477,13 +479,15 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def _ask_soup(engine: Any, question: str, k: int, pool: str, max_new_tokens: int) -> tuple[str, list[str], dict]:
-    """One query through Engine.ask: (answer, retrieved passage ids, stage ms)."""
-    res = engine.ask(question, k=k, pool=pool, max_new_tokens=max_new_tokens)
-    t = res.timings_ms
-    stages = {"retrieve": t["retrieve"], "load_soup": t["soup"],
-              "decode": t["decode"], "total": t["total"]}
-    return res.answer, [p["id"] for p in res.passages], stages
+def _ask_soup(engine: Any, questions: list[str], k: int, pool: str, max_new_tokens: int
+              ) -> list[tuple[str, list[str], dict]]:
+    """Questions answered together through Engine.ask_batch: (answer, retrieved passage ids, stage ms) each."""
+    out = []
+    for res in engine.ask_batch(questions, k=k, pool=pool, max_new_tokens=max_new_tokens):
+        t = res.timings_ms
+        stages = {"retrieve": t["retrieve"], "load_soup": t["soup"], "decode": t["decode"], "total": t["total"]}
+        out.append((res.answer, [p["id"] for p in res.passages], stages))
+    return out
 
 
 def _ask_concat(engine: Any, question: str, k: int, max_new_tokens: int) -> tuple[str, list[str], dict]:
@@ -511,23 +515,30 @@ def _ask_concat(engine: Any, question: str, k: int, max_new_tokens: int) -> tupl
 
 def bench_row(engine: Any, mode: str, k: int, questions: list[dict], gold: list[set[str]], pool: str,
               warmup: int, max_new_tokens: int, bandwidth_gbps: float,
-              progress: Progress | None = None) -> BenchRow:
-    """Run ``questions`` through one (mode, k) after ``warmup`` untimed queries; aggregate one row."""
+              progress: Progress | None = None, query_batch: int = 1) -> BenchRow:
+    """Run ``questions`` through one (mode, k) after ``warmup`` untimed queries; aggregate one row.
+
+    Soup answers ``query_batch`` questions at a time (one embedding call, one batched decode); concat one.
+    """
     from ragsoup.metrics import best_em_f1
 
-    def one(q: str) -> tuple[str, list[str], dict]:
-        if mode == "soup":
-            return _ask_soup(engine, q, k, pool, max_new_tokens)
-        return _ask_concat(engine, q, k, max_new_tokens)
+    step = query_batch if mode == "soup" else 1
+
+    def answers(qs: list[dict]):
+        for j in range(0, len(qs), step):
+            chunk = [q["question"] for q in qs[j : j + step]]
+            if mode == "soup":
+                yield from _ask_soup(engine, chunk, k, pool, max_new_tokens)
+            else:
+                yield _ask_concat(engine, chunk[0], k, max_new_tokens)
 
     # concat warms up with one query at most: at large k each one re-encodes k passages
-    for q in questions[: max(min(warmup, 1) if mode == "concat" else warmup, 0)]:
-        one(q["question"])
+    for _ in answers(questions[: max(min(warmup, 1) if mode == "concat" else warmup * step, 0)]):
+        pass
     ems, f1s, hits, hits_all, stages = [], [], [], [], []
     label = f"{mode} k={k}"
     with PeakMemory() as mem:
-        for i, (q, g) in enumerate(zip(questions, gold)):
-            answer, ids, st = one(q["question"])
+        for i, (q, g, (answer, ids, st)) in enumerate(zip(questions, gold, answers(questions))):
             em, f1 = best_em_f1(answer, [q["answer"]])
             got = set(ids)
             ems.append(em)
@@ -549,6 +560,7 @@ def bench_row(engine: Any, mode: str, k: int, questions: list[dict], gold: list[
         latency_ms_p50=round(percentile(totals, 50), 3), latency_ms_p95=round(percentile(totals, 95), 3),
         stages_ms_p50=p50, peak_mem_mb=None if mem.peak_mb is None else round(mem.peak_mb, 1),
         peak_mem_growth_mb=None if mem.growth_mb is None else round(mem.growth_mb, 1), state_bytes_read=state_bytes,
+        query_batch=step,
     )
     if mode == "soup":
         row.bandwidth_bound_ms = round(state_bytes / (bandwidth_gbps * 1e9) * 1000, 4) if bandwidth_gbps > 0 else None
@@ -567,6 +579,7 @@ def run_bench(cfg: BenchConfig, progress: Progress | None = None) -> BenchResult
         raise RagsoupError(f"unknown mode(s) {', '.join(bad) or '(none)'}: --modes takes soup, concat or soup,concat")
     check_pool(cfg.pool)
     for name, v in (("--k", cfg.k_max), ("--max-new-tokens", cfg.max_new_tokens), ("--queries", cfg.queries),
+                    ("--query-batch", cfg.query_batch),
                     ("--passages", cfg.passages),
                     ("--concat-max-k", cfg.concat_max_k), ("--concat-queries", cfg.concat_queries)):
         _check_positive(name, v)
@@ -600,7 +613,7 @@ def run_bench(cfg: BenchConfig, progress: Progress | None = None) -> BenchResult
                 continue
             qs, gs = (questions, gold) if mode == "soup" else (questions[:concat_n], gold[:concat_n])
             result.rows.append(bench_row(engine, mode, k, qs, gs, cfg.pool, cfg.warmup, cfg.max_new_tokens,
-                                         bandwidth, progress))
+                                         bandwidth, progress, cfg.query_batch))
     return result
 
 

@@ -120,6 +120,7 @@ def ask(
     k: int = typer.Option(5, "--k", help="Passages to retrieve and soup."),
     pool: str = typer.Option("mean", help="mean, sum, max, sum-norm or norm-mean."),
     max_new_tokens: int = typer.Option(32, help="Answer length limit in tokens."),
+    batch_size: int = typer.Option(16, help="With --questions: questions answered together (one embedding call, one batched decode)."),
     model: Optional[str] = typer.Option(None, help="Override the index's model (must be the one it was built with)."),
     device: str = typer.Option("auto", help="auto, cpu or cuda."),
     threads: Optional[int] = typer.Option(None, help="torch CPU threads (default: torch's choice)."),
@@ -136,6 +137,8 @@ def ask(
         raise RagsoupError('the question is empty: ask something, e.g. ragsoup ask "What is ...?"')
     if k <= 0:
         raise RagsoupError(f"--k must be at least 1 (got {k})")
+    if batch_size <= 0:
+        raise RagsoupError(f"--batch-size must be at least 1 (got {batch_size})")
     check_pool(pool)
     if doc is not None:
         from ragsoup.ask import ask_document
@@ -146,7 +149,7 @@ def ask(
         return
     engine = Engine(index_dir, model=model, device=device)
     if questions is not None:
-        _ask_file(engine, questions, k, pool, max_new_tokens, json_out)
+        _ask_file(engine, questions, k, pool, max_new_tokens, json_out, batch_size)
         return
     res = engine.ask(question, k=k, pool=pool, max_new_tokens=max_new_tokens)
     _render_answer(res, json_out, title=f"top-{res.k} passages, souped with {res.pool}")
@@ -172,8 +175,8 @@ def _render_answer(res, json_out: bool, title: str) -> None:
     t = res.timings_ms
     console.print(" | ".join(f"{name} {t[name]:.1f} ms" for name in ("retrieve", "soup", "decode", "total")))
 
-def _ask_file(engine, path: Path, k: int, pool: str, max_new_tokens: int, json_out: bool) -> None:
-    """Answer every question of a questions.jsonl file; print each and the EM/F1 totals."""
+def _ask_file(engine, path: Path, k: int, pool: str, max_new_tokens: int, json_out: bool, batch_size: int = 16) -> None:
+    """Answer every question of a questions.jsonl file, batch_size at a time; print each and the EM/F1 totals."""
     from ragsoup.metrics import best_em_f1
     from ragsoup.tasks.files import read_questions
 
@@ -182,8 +185,11 @@ def _ask_file(engine, path: Path, k: int, pool: str, max_new_tokens: int, json_o
     table = Table(title=escape(f"{len(qs)} questions from {path} (k={k}, {pool})"))
     for col in ("question", "expected", "answer", "ok"):
         table.add_column(col)
-    for q in qs:
-        res = engine.ask(q["question"], k=k, pool=pool, max_new_tokens=max_new_tokens)
+    results = []
+    for i in range(0, len(qs), batch_size):
+        results += engine.ask_batch([q["question"] for q in qs[i : i + batch_size]], k=k, pool=pool,
+                                    max_new_tokens=max_new_tokens)
+    for q, res in zip(qs, results):
         em, f1 = best_em_f1(res.answer, [q["answer"]])
         em_sum, f1_sum = em_sum + em, f1_sum + f1
         rows.append({"question": q["question"], "expected": q["answer"], "answer": res.answer, "em": em, "f1": f1,
@@ -448,6 +454,7 @@ def bench(
     model: Optional[str] = typer.Option(None, help="Checkpoint directory or shipped model name (default: the shipped default)."),
     seed: int = typer.Option(0, help="Corpus seed."),
     max_new_tokens: int = typer.Option(32, help="Answer length limit in tokens."),
+    query_batch: Optional[int] = typer.Option(None, "--query-batch", help="Soup: answer this many questions together (one embedding call, one batched decode); latencies become per question."),
     quick: bool = typer.Option(False, "--quick", help="About a minute on a 2-core CPU: 256 passages, 16 queries, k up to 16."),
     out: Optional[Path] = typer.Option(None, "--out", help="Also write results.json, results.csv and PNG plots here."),
     cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", help="Corpus + index cache (default .bench/<task>-<passages>-<seed>-<model>)."),
@@ -463,7 +470,7 @@ def bench(
     mode_list = tuple(m.strip() for m in modes.split(",") if m.strip())
     given = dict(task=task, k_max=k, modes=mode_list, pool=pool, queries=queries, passages=passages,
                  concat_max_k=concat_max_k, concat_queries=concat_queries, model=model, seed=seed, device=device,
-                 max_new_tokens=max_new_tokens, cache_dir=str(cache_dir) if cache_dir else None)
+                 max_new_tokens=max_new_tokens, cache_dir=str(cache_dir) if cache_dir else None, query_batch=query_batch)
     cfg = BenchConfig.quick(**given) if quick else BenchConfig(**{k_: v for k_, v in given.items() if v is not None})
     with _progress() as prog:
         bars: dict[str, int] = {}

@@ -84,6 +84,16 @@ def test_bench_reuses_its_cached_index(quick_run, tiny_model):
         assert (r["em"], r["f1"], r["recall_at_k"]) == (b["em"], b["f1"], b["recall_at_k"])
 
 
+def test_bench_batched_soup_queries_answer_the_same(quick_run, tiny_model):
+    first, _, cache = quick_run
+    batched = _bench(tiny_model, cache, "--modes", "soup", "--query-batch", "3")
+    before = {(r["mode"], r["k"]): r for r in first["rows"]}
+    for r in batched["rows"]:
+        b = before[(r["mode"], r["k"])]
+        assert r["query_batch"] == 3 and b["query_batch"] == 1
+        assert (r["em"], r["f1"], r["recall_at_k"], r["n_queries"]) == (b["em"], b["f1"], b["recall_at_k"], 4)
+
+
 def test_bench_concat_caps(tiny_model, quick_run):
     _, _, cache = quick_run
     obj = _bench(tiny_model, cache, "--concat-max-k", "2", "--concat-queries", "2")

@@ -22,6 +22,7 @@ from ragsoup.ask import Engine
 from ragsoup.build import build_index
 from ragsoup.checkpoint import fingerprint, save_checkpoint
 from ragsoup.cli import app
+from ragsoup.errors import RagsoupError
 from ragsoup.indexdir import read_manifest, read_passages
 from ragsoup.model import Mamba2Config, Mamba2LM
 from ragsoup.tokenizer import ByteTokenizer
@@ -305,6 +306,21 @@ def test_ask_questions_file_json(built, questions_file):
     for row, expected in zip(obj["results"], ("Murano", "Mauna Loa")):
         assert {"question", "expected", "answer", "em", "f1", "total_ms"} <= set(row)
         assert row["expected"] == expected
+
+
+def test_batched_questions_get_the_answers_and_passages_they_get_alone(built):
+    engine = Engine(built["out"], device="cpu")
+    qs = ["Where is glass blown?", "Which volcano is the largest?", "Who wrote the letters?"]
+    together = engine.ask_batch(qs, k=3, pool="mean", max_new_tokens=6)
+    for q, res in zip(qs, together):
+        alone = engine.ask(q, k=3, pool="mean", max_new_tokens=6)
+        assert res.question == q and res.answer == alone.answer
+        assert [p["id"] for p in res.passages] == [p["id"] for p in alone.passages]
+    assert {"retrieve", "soup", "decode", "total"} == set(together[0].timings_ms)
+    with pytest.raises(RagsoupError, match="empty"):
+        engine.ask_batch(["fine?", "  "])
+    r = run("ask", "--questions", "/dev/null", "--index", built["out"], "--batch-size", "0")
+    assert r.exit_code == 1 and "--batch-size" in r.output
 
 
 def test_ask_uses_the_default_index_dir(built, tmp_path, monkeypatch):
