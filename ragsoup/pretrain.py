@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import random
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -24,12 +24,12 @@ from ragsoup.checkpoint import load_model
 from ragsoup.errors import RagsoupError
 from ragsoup.tasks import generate_example
 from ragsoup.tokenizer import Tokenizer, answer_ids, passage_ids, prompt_ids, train_bpe
-from ragsoup.train import (TrainConfig, lr_at, make_optimizer, make_tokenizer, new_model, parse_mix, save_run,
+from ragsoup.train import (OptimConfig, TrainConfig, lr_at, make_optimizer, make_tokenizer, new_model, parse_mix, save_run,
                            truncate_log)
 
 
 @dataclass
-class PretrainConfig:
+class PretrainConfig(OptimConfig):
     out: str = "runs/lm"
     text: str = "tasks:needle:3,needle-distractor:2,two-hop:1"  # "tasks:MIX" or comma-separated corpus paths
     qa: bool = False  # tasks: text: follow each example's passages with its question and answer (in-context QA)
@@ -37,13 +37,6 @@ class PretrainConfig:
     passage_chars: int = 200  # generated passages (tasks:) / chunk size for files
     seq_len: int = 256
     batch_size: int = 16
-    steps: int = 1000
-    lr: float = 2e-3
-    min_lr_frac: float = 0.1
-    warmup_steps: int = 50
-    weight_decay: float = 0.1
-    grad_clip: float = 1.0
-    seed: int = 0
     eval_every: int = 250
     eval_batches: int = 4
     save_every: int = 250
@@ -52,12 +45,6 @@ class PretrainConfig:
     tokenizer: str = "bpe:2048"
     arch: str = "mamba2"
     model: dict = field(default_factory=dict)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "PretrainConfig":
-        """Build from a dict, ignoring unknown keys."""
-        names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in names})
 
 
 PRETRAIN_PRESETS: dict[str, dict] = {

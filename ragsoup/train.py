@@ -36,7 +36,26 @@ from ragsoup.tokenizer import ByteTokenizer, Tokenizer, answer_ids, passage_ids,
 
 
 @dataclass
-class TrainConfig:
+class OptimConfig:
+    """Optimizer and schedule settings shared by soup finetuning and LM pretraining."""
+
+    steps: int = 1000
+    lr: float = 2e-3
+    min_lr_frac: float = 0.1
+    warmup_steps: int = 50
+    weight_decay: float = 0.1
+    grad_clip: float = 1.0
+    seed: int = 0
+
+    @classmethod
+    def from_dict(cls, d: dict):
+        """Build from a dict, ignoring unknown keys."""
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+
+@dataclass
+class TrainConfig(OptimConfig):
     out: str = "runs/default"
     tasks: str = "needle:1"  # weighted mix, e.g. "needle:2,needle-distractor:1,two-hop:1"
     mode: str = "soup"  # soup | concat
@@ -44,14 +63,7 @@ class TrainConfig:
     k_min: int = 1
     k_max: int = 16
     k_ramp_steps: int = 0  # curriculum: the largest k grows (log-scale) from k_min to k_max over these steps
-    steps: int = 1000
     batch_size: int = 8
-    lr: float = 2e-3
-    min_lr_frac: float = 0.1
-    warmup_steps: int = 50
-    weight_decay: float = 0.1
-    grad_clip: float = 1.0
-    seed: int = 0
     freeze_encoder: bool = False
     loss_on_question: bool = False
     extra_questions: int = 0  # also supervise up to N further questions per soup (other needles' keys)
@@ -74,12 +86,6 @@ class TrainConfig:
     squad: str | None = None  # SQuAD v1.1 JSON for the "squad" / "squad-segments" tasks (training articles only)
     model: dict = field(default_factory=dict)  # Mamba2Config fields (ignored with init)
     arch: str = "mamba2"  # mamba2 | transformer (the averaged-KV-cache baseline, ragsoup.kvsoup; model = TransformerConfig)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "TrainConfig":
-        """Build from a dict, ignoring unknown keys."""
-        names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in names})
 
 
 PRESETS: dict[str, dict] = {
