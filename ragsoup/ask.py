@@ -16,6 +16,7 @@ from ragsoup.generate import generate
 from ragsoup.indexdir import DEFAULT_INDEX, read_manifest, read_passages
 from ragsoup.retrieve import get_embedder, load_index, search
 from ragsoup.soup import check_pool, soup_rows
+from ragsoup.statecache import DeviceStateCache
 from ragsoup.store import StateStore, segments, unflatten_states
 
 
@@ -40,7 +41,8 @@ class AskResult:
 class Engine:
     """A loaded index + model, ready to answer questions (load once, ask many times)."""
 
-    def __init__(self, index_dir: str | Path | None = None, model: str | Path | None = None, device: str = "auto") -> None:
+    def __init__(self, index_dir: str | Path | None = None, model: str | Path | None = None, device: str = "auto",
+                 cache_mb: float = 2048.0) -> None:
         self.index_dir = Path(index_dir) if index_dir else DEFAULT_INDEX
         if index_dir is None and not (self.index_dir / "manifest.json").exists():
             raise RagsoupError(
@@ -62,6 +64,9 @@ class Engine:
             raise RagsoupError(f"index {self.index_dir} is inconsistent (row counts differ): rebuild it with `ragsoup index`")
         self.embedder = get_embedder(m.embedder, self.device)
         self.segments = segments(self.loaded.model.cfg)
+        # on a GPU, hot rows stay on the device (LRU, cache_mb) and soups are pooled there; on a CPU the rows
+        # stream from the memory map straight into the soup
+        self.cache = DeviceStateCache(self.store.view(), self.device, cache_mb) if self.device == "cuda" else None
 
     def ask(self, question: str, k: int = 5, pool: str = "mean", max_new_tokens: int = 32) -> AskResult:
         """Answer one question from the soup of its top-k passages' states."""
@@ -87,8 +92,11 @@ class Engine:
         scores, rows = search(self.faiss, self.embedder.encode(list(questions)), k)
         t1 = time.perf_counter()
         # each question's k rows stream, in file order, straight from the memory map into its fp32 soup (one pass)
-        view = self.store.view()
-        souped = torch.stack([soup_rows(view, pool, self.segments, index=sorted(r)) for r in rows.tolist()])
+        if self.cache is not None:
+            souped = torch.stack([self.cache.soup(sorted(r), pool, self.segments) for r in rows.tolist()])
+        else:
+            view = self.store.view()
+            souped = torch.stack([soup_rows(view, pool, self.segments, index=sorted(r)) for r in rows.tolist()])
         states = unflatten_states(souped.to(self.device), self.loaded.model.cfg)
         if self.device == "cuda":
             torch.cuda.synchronize()

@@ -333,6 +333,7 @@ class BenchConfig:
     batch_size: int = 16
     bandwidth_bytes: int = 256 << 20
     query_batch: int = 1  # soup: questions answered together (Engine.ask_batch); latencies are then per question
+    cache_mb: float = 2048.0  # on a GPU: hot state rows kept on the device (LRU)
 
     @classmethod
     def quick(cls, **overrides: Any) -> "BenchConfig":
@@ -592,7 +593,7 @@ def run_bench(cfg: BenchConfig, progress: Progress | None = None) -> BenchResult
 
     from ragsoup.ask import Engine
 
-    engine = Engine(index_dir, model=str(model_info(cfg.model)[0]), device=device)
+    engine = Engine(index_dir, model=str(model_info(cfg.model)[0]), device=device, cache_mb=cfg.cache_mb)
     gold = _gold_rows(engine, questions, text_of)
     if progress:
         progress("bandwidth", 0, 1)

@@ -121,6 +121,7 @@ def ask(
     pool: str = typer.Option("mean", help="mean, sum, max, sum-norm or norm-mean."),
     max_new_tokens: int = typer.Option(32, help="Answer length limit in tokens."),
     batch_size: int = typer.Option(16, help="With --questions: questions answered together (one embedding call, one batched decode)."),
+    cache_mb: float = typer.Option(2048.0, help="On a GPU: MB of hot passage states kept on the device (LRU)."),
     model: Optional[str] = typer.Option(None, help="Override the index's model (must be the one it was built with)."),
     device: str = typer.Option("auto", help="auto, cpu or cuda."),
     threads: Optional[int] = typer.Option(None, help="torch CPU threads (default: torch's choice)."),
@@ -147,7 +148,7 @@ def ask(
                            max_new_tokens=max_new_tokens, device=device)
         _render_answer(res, json_out, title=f"{res.k} segments of {doc}, souped with {res.pool}")
         return
-    engine = Engine(index_dir, model=model, device=device)
+    engine = Engine(index_dir, model=model, device=device, cache_mb=cache_mb)
     if questions is not None:
         _ask_file(engine, questions, k, pool, max_new_tokens, json_out, batch_size)
         return
