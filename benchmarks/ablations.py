@@ -1,18 +1,21 @@
 """The paper's ablations at our scale, one budget for every arm (docs/results.md section "Ablations").
 
-Every arm starts from the same language model (`ragsoup pretrain --preset ablation-lm`: the default
-architecture trained only on next-token prediction over task examples in the concat layout, so it can answer
-from concatenated passages in context but has never seen a soup) and gets the same soup-finetuning budget
-(steps, batch, learning rate, data seed); arms differ in one switch each:
+Every arm starts from the same base model and gets the same soup-finetuning budget (steps, batch, learning
+rate, data seed); arms differ in one switch each. The base stands in for the paper's pretrained LM: the default
+architecture trained from scratch to answer from **concatenated** passages (`ragsoup train --preset
+ablation-reader`, an in-context reader that has never seen a soup). A plain next-token LM was tried first
+(`ragsoup pretrain --preset ablation-lm`, 4.1M tokens): it could not answer even from concatenated passages
+(0 EM at k = 1), so it could not serve as the base.
 
-  no-finetune     the LM itself, souped at inference (no-finetune-concat: the LM reading the concatenation)
-  full            full encoder + decoder finetuning, mean pooling, k <= 8 (1 -> 8 over the first 300 steps)
-  decoder-only    the encoder frozen at the LM's weights (--freeze-encoder)
-  concat          trained and evaluated on concatenated passages (--mode concat)
+  plain-lm        the next-token LM, souped (plain-lm-concat: reading the concatenation)
+  no-finetune     the base souped at inference (base-concat: the base reading the concatenation, its own mode)
+  full            full encoder + decoder soup finetuning, mean pooling, k <= 8 (1 -> 8 over the first 300 steps)
+  decoder-only    the encoder frozen at the base's weights (--freeze-encoder)
+  concat          the same budget of further concat training (--mode concat)
   full-k64        as full but k <= 64 (generalisation in k)
   sum|max|sum-norm|norm-mean   trained and evaluated with that pooling operator
-  kv-transformer  a causal transformer of the same width/depth (LM-pretrained the same way) whose per-passage
-                  KV caches are averaged (ragsoup.kvsoup)
+  kv-transformer  a causal transformer of the same width/depth, made a reader the same way
+                  (--preset ablation-reader-transformer), whose per-passage KV caches are averaged (ragsoup.kvsoup)
 
 Each arm is a plain `ragsoup train` run (printed), so any one can be rerun alone; finished runs are reused.
 Evaluation: `ragsoup eval` on fresh examples (seed 12345, disjoint from training's), EM in %.
@@ -33,21 +36,21 @@ import torch
 
 from ragsoup.bench import run_eval
 from ragsoup.pretrain import PRETRAIN_PRESETS, PretrainConfig, pretrain
-from ragsoup.train import TrainConfig, train
+from ragsoup.train import PRESETS, TrainConfig, train
 
 BUDGET = dict(tasks="needle:1,needle-distractor:1", k_min=1, k_max=8, k_ramp_steps=300, steps=1000, batch_size=8,
-              lr=2e-3, warmup_steps=50, passage_chars=200, eval_every=0, save_every=250, ckpt_group=0, seed=0)
-LM, LM_T = "runs/ablation-lm/last", "runs/ablation-lm-transformer/last"
+              lr=1e-3, warmup_steps=30, passage_chars=200, eval_every=0, save_every=250, ckpt_group=0, seed=0)
+BASE, BASE_T = "runs/ablation-reader/last", "runs/ablation-reader-transformer/last"
 ARMS: dict[str, dict] = {
-    "full": dict(init=LM),
-    "decoder-only": dict(init=LM, freeze_encoder=True),
-    "concat": dict(init=LM, mode="concat"),
-    "kv-transformer": dict(init=LM_T),
-    "sum": dict(init=LM, pool="sum"),
-    "max": dict(init=LM, pool="max"),
-    "sum-norm": dict(init=LM, pool="sum-norm"),
-    "norm-mean": dict(init=LM, pool="norm-mean"),
-    "full-k64": dict(init=LM, k_max=64),
+    "full": dict(init=BASE),
+    "decoder-only": dict(init=BASE, freeze_encoder=True),
+    "concat": dict(init=BASE, mode="concat"),
+    "kv-transformer": dict(init=BASE_T),
+    "sum": dict(init=BASE, pool="sum"),
+    "max": dict(init=BASE, pool="max"),
+    "sum-norm": dict(init=BASE, pool="sum-norm"),
+    "norm-mean": dict(init=BASE, pool="norm-mean"),
+    "full-k64": dict(init=BASE, k_max=64),
 }
 EVAL = [("needle", 1), ("needle", 4), ("needle", 8), ("needle", 16), ("needle", 64), ("needle", 256),
         ("needle-distractor", 4), ("longdoc", 16), ("longdoc", 64)]
@@ -64,15 +67,15 @@ def command(arm: str, cfg: dict) -> str:
     return "ragsoup train " + " ".join(flags) + f" --out runs/ablation-{arm}"
 
 
-def ensure_lm(preset: str) -> None:
-    """Pretrain the shared starting LM once."""
-    cfg = PretrainConfig.from_dict(PRETRAIN_PRESETS[preset])
+def ensure_base(preset: str) -> None:
+    """Train the shared base reader once (resuming a partial run)."""
+    cfg = TrainConfig.from_dict(PRESETS[preset])
     done = Path(cfg.out) / "trainer.pt"
     if done.exists() and torch.load(done, weights_only=False)["step"] >= cfg.steps:
         return
-    print(f"$ ragsoup pretrain --preset {preset}", flush=True)
+    print(f"$ ragsoup train --preset {preset}", flush=True)
     t = time.perf_counter()
-    pretrain(cfg, resume=done.exists())
+    train(cfg, resume=done.exists())
     print(f"  {time.perf_counter() - t:.0f} s", flush=True)
 
 
@@ -106,7 +109,7 @@ def evaluate(model: str, encoder: str | None, mode: str, pool: str, n: int) -> d
 def main(argv: list[str] | None = None) -> int:
     """Train and evaluate the arms; write JSON results and print a markdown table."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--arms", default="no-finetune,no-finetune-concat," + ",".join(ARMS))
+    ap.add_argument("--arms", default="plain-lm,plain-lm-concat,no-finetune,base-concat," + ",".join(ARMS))
     ap.add_argument("--n", type=int, default=64, help="examples per eval cell")
     ap.add_argument("--out", default="docs/data/ablations.json")
     args = ap.parse_args(argv)
@@ -115,22 +118,30 @@ def main(argv: list[str] | None = None) -> int:
     path = Path(args.out)
     results = json.loads(path.read_text()) if path.exists() else {}
     for arm in arms:
-        if arm in ("no-finetune", "no-finetune-concat"):
-            ensure_lm("ablation-lm")
-            model, enc, wall, pool = LM, None, 0.0, "mean"
-            mode = "concat" if arm == "no-finetune-concat" else "soup"
+        if arm in ("plain-lm", "plain-lm-concat"):  # the next-token LM that could not serve as the base
+            lm = PretrainConfig.from_dict(PRETRAIN_PRESETS["ablation-lm"])
+            if not (Path(lm.out) / "last").exists():
+                print("$ ragsoup pretrain --preset ablation-lm", flush=True)
+                pretrain(lm)
+            model, enc, wall, pool = str(Path(lm.out) / "last"), None, 0.0, "mean"
+            mode = "concat" if arm == "plain-lm-concat" else "soup"
+        elif arm in ("no-finetune", "base-concat"):
+            ensure_base("ablation-reader")
+            model, enc, wall, pool = BASE, None, 0.0, "mean"
+            mode = "concat" if arm == "base-concat" else "soup"
         else:
             if arm not in ARMS:
-                print(f"unknown arm {arm}: use {', '.join(ARMS)}", file=sys.stderr)
+                print(f"unknown arm {arm}: use no-finetune, base-concat, {', '.join(ARMS)}", file=sys.stderr)
                 return 1
-            ensure_lm("ablation-lm-transformer" if arm == "kv-transformer" else "ablation-lm")
+            ensure_base("ablation-reader-transformer" if arm == "kv-transformer" else "ablation-reader")
             model, enc, wall = ensure_arm(arm)
             cfg = {**BUDGET, **ARMS[arm]}
             mode, pool = cfg.get("mode", "soup"), cfg.get("pool", "mean")
         print(f"[{arm}] eval ({mode}, {pool})", flush=True)
         prev = results.get(arm, {})
         results[arm] = {"mode": mode, "pool": pool, "train_wall_s": prev.get("train_wall_s") if wall != wall else wall,
-                        "command": "ragsoup pretrain --preset ablation-lm" if arm.startswith("no-finetune")
+                        "command": "ragsoup pretrain --preset ablation-lm" if arm.startswith("plain-lm")
+                        else "ragsoup train --preset ablation-reader" if arm in ("no-finetune", "base-concat")
                         else command(arm, {**BUDGET, **ARMS[arm]}),
                         "em": evaluate(model, enc, mode, pool, args.n)}
         path.parent.mkdir(parents=True, exist_ok=True)

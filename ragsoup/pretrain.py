@@ -4,7 +4,8 @@ The text is either generated (``tasks:MIX``, the passages of the task generators
 ablation) or read from files (any corpus `ragsoup index` reads: Gutenberg .jsonl.gz shards, SQuAD JSON, .txt
 directories). Each passage is tokenised as it is encoded for souping (``text <doc>``); a training row is
 ``seq_len + 1`` tokens of consecutive passages starting at a passage boundary. File text is tokenised once
-into ``OUT/data/`` (int32 token stream + passage starts) and reused on resume.
+into ``OUT/data/`` (uint16 shards + passage starts, a held-out slice, the tokenizer) and reused on resume, also
+on a machine that has the shards but not the text.
 """
 
 from __future__ import annotations
@@ -24,8 +25,8 @@ from ragsoup.checkpoint import load_model
 from ragsoup.errors import RagsoupError
 from ragsoup.tasks import generate_example
 from ragsoup.tokenizer import Tokenizer, answer_ids, passage_ids, prompt_ids, train_bpe
-from ragsoup.train import (OptimConfig, TrainConfig, lr_at, make_optimizer, make_tokenizer, new_model, parse_mix, save_run,
-                           truncate_log)
+from ragsoup.train import (OptimConfig, TrainConfig, lr_at, make_optimizer, make_tokenizer, new_model, parse_mix,
+                           save_run, truncate_log)
 
 
 @dataclass
@@ -60,7 +61,7 @@ PRETRAIN_PRESETS: dict[str, dict] = {
                                     batch_size=16, steps=1000, lr=2e-3, warmup_steps=50, eval_every=250,
                                     save_every=250, model=dict(d_model=256, n_layer=4, n_head=4, mlp_ratio=1.5)),
     # stage 1 of the real-text model wiki-small (docs/models.md): English prose (Gutenberg) + SQuAD training articles.
-    # Tokenise on any machine (--prepare-only), then train on a GPU in <= 20-minute runs, each from the last export.
+    # Tokenise on any machine (--prepare-only), then train on a GPU in <= 20-minute runs (benchmarks/train_wiki.sh).
     "wiki-small": dict(out="runs/wiki-lm", text=",".join([*(f"../shared/data/gutenberg/books-0{i}.jsonl.gz"
                                                             for i in range(4)),
                                                           "../shared/data/squad/train-v1.1.reconstructed.json.gz"]),

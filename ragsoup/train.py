@@ -134,6 +134,20 @@ PRESETS: dict[str, dict] = {
         k_max=16, k_ramp_steps=1500, steps=4000, batch_size=32, lr=5e-4, warmup_steps=100, passage_chars=600,
         max_tokens=512, eval_every=500, eval_ks="1,5", eval_n=200, save_every=500, ckpt_group=16,
     ),
+    # the base of the finetuning-regime ablation (benchmarks/ablations.py): the default architecture trained from
+    # scratch to answer from concatenated passages (an in-context reader); it has never seen a soup
+    "ablation-reader": dict(
+        out="runs/ablation-reader", mode="concat", tasks="needle:1,needle-distractor:1", k_min=1, k_max=4,
+        k_ramp_steps=1000, steps=3000, batch_size=8, lr=2e-3, warmup_steps=50, passage_chars=200, eval_every=500,
+        eval_ks="1,4", eval_n=32, save_every=250, ckpt_group=0,
+        model=dict(d_model=256, n_layer=4, d_state=64, headdim=64, expand=2, chunk_size=64),
+    ),
+    "ablation-reader-transformer": dict(
+        out="runs/ablation-reader-transformer", arch="transformer", mode="concat",
+        tasks="needle:1,needle-distractor:1", k_min=1, k_max=4, k_ramp_steps=1000, steps=3000, batch_size=8, lr=2e-3,
+        warmup_steps=50, passage_chars=200, eval_every=500, eval_ks="1,4", eval_n=32, save_every=250, ckpt_group=0,
+        model=dict(d_model=256, n_layer=4, n_head=4, mlp_ratio=1.5),
+    ),
     # seconds-long smoke run
     "tiny": dict(
         out="runs/tiny", tasks="needle:1", k_min=1, k_max=4, steps=20, batch_size=4, lr=3e-3, warmup_steps=2,
