@@ -56,9 +56,13 @@ def encode_passages(
     dtype: torch.dtype = torch.float16,
     on_batch: Callable[[int], None] | None = None,
 ) -> Iterator[tuple[int, Tensor]]:
-    """Yield (start, rows [b, D]) for consecutive batches of passages, rows cast to ``dtype`` on the CPU."""
+    """Yield (start, rows [b, D]) for consecutive batches of passages, rows cast to ``dtype`` on the CPU.
+
+    On a GPU the encode runs under bf16 autocast (matmuls in bf16, the scan's state accumulation in fp32).
+    """
     seqs = [passage_ids(tok, t, max_tokens) for t in texts]
-    with torch.inference_mode():
+    on_gpu = model.device.type == "cuda"
+    with torch.inference_mode(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=on_gpu):
         for start in range(0, len(seqs), batch_size):
             batch = seqs[start : start + batch_size]
             rows = flatten_states(encode_token_batch(model, batch, tok.pad_id))
