@@ -113,7 +113,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--arms", default="no-finetune,base-concat," + ",".join(ARMS) + ",plain-lm,plain-lm-concat")
     ap.add_argument("--n", type=int, default=64, help="examples per eval cell")
     ap.add_argument("--out", default="docs/data/ablations.json")
+    ap.add_argument("--table", action="store_true", help="only print the table of the results file")
     args = ap.parse_args(argv)
+    if args.table:
+        print(table(json.loads(Path(args.out).read_text())))
+        return 0
     torch.set_flush_denormal(True)
     arms = [a.strip() for a in args.arms.split(",") if a.strip()]
     path = Path(args.out)
@@ -149,12 +153,34 @@ def main(argv: list[str] | None = None) -> int:
         path.parent.mkdir(parents=True, exist_ok=True)
         results = {**(json.loads(path.read_text()) if path.exists() else {}), arm: results[arm]}  # merge
         path.write_text(json.dumps(results, indent=1))
-    cols = [f"{t}@{k}" for t, k in EVAL + [("needle", 256)]]
-    print("| arm | " + " | ".join(cols) + " |")
-    print("|---|" + "---:|" * len(cols))
-    for arm, r in results.items():
-        print(f"| {arm} | " + " | ".join(f"{r['em'].get(c, float('nan')):.1f}" for c in cols) + " |")
+    print(table(results))
     return 0
+
+
+LABELS = {
+    "plain-lm": "plain next-token LM, souped", "plain-lm-concat": "plain next-token LM, reading the concatenation",
+    "no-finetune": "**no soup finetuning**: the reader, souped", "base-concat": "the reader reading the concatenation",
+    "full": "**full** encoder + decoder finetuning (mean)", "decoder-only": "**decoder-only** (encoder frozen)",
+    "concat": "same budget of further **concat** training", "full-k64": "full, trained with k ≤ 64",
+    "sum": "full, trained with **sum**", "max": "full, trained with **max**", "sum-norm": "full, trained with sum-norm",
+    "norm-mean": "full, trained with norm-mean", "kv-transformer": "**transformer, averaged KV caches** (full)",
+    "transformer-reader-concat": "the transformer reader (6,000 steps) reading the concatenation",
+}
+
+
+def table(results: dict) -> str:
+    """The markdown table of docs/results.md."""
+    cols = [("needle", k) for k in (1, 4, 8, 16, 64, 256)] + [("needle-distractor", 4), ("longdoc", 16), ("longdoc", 64)]
+    short = {"needle": "needle", "needle-distractor": "distractor", "longdoc": "longdoc"}
+    head = ["arm", "mode", "pool"] + [f"{short[t]} k={k}" for t, k in cols] + ["train min"]
+    lines = ["| " + " | ".join(head) + " |", "|---|---|---|" + "---:|" * (len(cols) + 1)]
+    for arm in [a for a in LABELS if a in results] + [a for a in results if a not in LABELS]:
+        r = results[arm]
+        cells = [f"{r['em'][f'{t}@{k}']:.1f}" if f"{t}@{k}" in r["em"] else "" for t, k in cols]
+        wall = r.get("train_wall_s")
+        lines.append(f"| {LABELS.get(arm, arm)} | {r['mode']} | {r['pool'] if r['mode'] == 'soup' else ''} | "
+                     + " | ".join(cells) + f" | {'' if not wall else f'{wall / 60:.1f}'} |")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":
