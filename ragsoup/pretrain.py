@@ -21,12 +21,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ragsoup.checkpoint import load_model
 from ragsoup.errors import RagsoupError
 from ragsoup.tasks import generate_example
 from ragsoup.tokenizer import Tokenizer, answer_ids, passage_ids, prompt_ids, train_bpe
 from ragsoup.train import (OptimConfig, TrainConfig, lr_at, make_optimizer, make_tokenizer, new_model, parse_mix,
-                           save_run, truncate_log)
+                           save_run, start_model, truncate_log)
 
 
 @dataclass
@@ -325,15 +324,7 @@ def pretrain(cfg: PretrainConfig, resume: bool = False, on_log: Callable[[dict],
     out = Path(cfg.out)
     state_path = out / "trainer.pt"
     torch.manual_seed(cfg.seed)
-    model, tok = None, None
-    if resume:
-        if not state_path.exists():
-            raise RagsoupError(f"nothing to resume in {out}: no trainer.pt (pretrain without --resume first)")
-        loaded = load_model(out / "last", device)
-        model, tok = loaded.model, loaded.tokenizer
-    elif cfg.init:
-        loaded = load_model(cfg.init, device)
-        model, tok = loaded.model, loaded.tokenizer
+    model, tok = start_model(out, resume, cfg.init, device, "pretrain")
     if cfg.text.startswith("tasks:"):
         tok = tok or make_lm_tokenizer(cfg)
     else:

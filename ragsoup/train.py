@@ -249,6 +249,19 @@ def new_model(arch: str, model: dict, tok: Tokenizer, device: str = "cpu") -> to
     return Mamba2LM(Mamba2Config.from_dict(conf)).to(device)
 
 
+def start_model(out: Path, resume: bool, init: str | None, device: str, command: str) -> tuple:
+    """(model, tokenizer) a run starts from: OUT/last when resuming, else ``init``; (None, None) for a new model."""
+    if resume:
+        if not (out / "trainer.pt").exists():
+            raise RagsoupError(f"nothing to resume in {out}: no trainer.pt ({command} without --resume first)")
+        loaded = load_model(out / "last", device)
+        return loaded.model, loaded.tokenizer
+    if init:
+        loaded = load_model(init, device)
+        return loaded.model, loaded.tokenizer
+    return None, None
+
+
 def make_optimizer(model: torch.nn.Module, lr: float, weight_decay: float) -> torch.optim.AdamW:
     """AdamW (betas 0.9/0.95), weight decay on matrices only."""
     decay = [p for p in model.parameters() if p.dim() >= 2]
@@ -405,15 +418,8 @@ def train(cfg: TrainConfig, resume: bool = False, on_log: Log | None = None, dev
     out = Path(cfg.out)
     state_path = out / "trainer.pt"
     torch.manual_seed(cfg.seed)
-    if resume:
-        if not state_path.exists():
-            raise RagsoupError(f"nothing to resume in {out}: no trainer.pt (train without --resume first)")
-        loaded = load_model(out / "last", device)
-        model, tok = loaded.model, loaded.tokenizer
-    elif cfg.init:
-        loaded = load_model(cfg.init, device)
-        model, tok = loaded.model, loaded.tokenizer
-    else:
+    model, tok = start_model(out, resume, cfg.init, device, "train")
+    if model is None:
         tok = make_tokenizer(cfg)
         model = new_model(cfg.arch, cfg.model, tok, device)
     encoder = None
