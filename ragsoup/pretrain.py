@@ -24,8 +24,8 @@ import torch.nn.functional as F
 from ragsoup.errors import RagsoupError
 from ragsoup.tasks import generate_example
 from ragsoup.tokenizer import Tokenizer, answer_ids, passage_ids, prompt_ids, train_bpe
-from ragsoup.train import (OptimConfig, TrainConfig, lr_at, make_optimizer, make_tokenizer, new_model, parse_mix,
-                           save_run, start_model, truncate_log)
+from ragsoup.train import (OptimConfig, TrainConfig, make_optimizer, make_tokenizer, new_model, parse_mix,
+                           save_run, start_model, truncate_log, update)
 
 
 @dataclass
@@ -322,7 +322,6 @@ def pretrain(cfg: PretrainConfig, resume: bool = False, on_log: Callable[[dict],
     if cfg.seq_len < 2 or cfg.batch_size < 1 or cfg.steps < 1:
         raise RagsoupError("need --seq-len >= 2, --batch-size >= 1 and --steps >= 1")
     out = Path(cfg.out)
-    state_path = out / "trainer.pt"
     torch.manual_seed(cfg.seed)
     model, tok = start_model(out, resume, cfg.init, device, "pretrain")
     if cfg.text.startswith("tasks:"):
@@ -334,12 +333,7 @@ def pretrain(cfg: PretrainConfig, resume: bool = False, on_log: Callable[[dict],
     out.mkdir(parents=True, exist_ok=True)
     train_src, held_src = text_source(cfg, tok, out)
     model.train()
-    opt = make_optimizer(model, cfg.lr, cfg.weight_decay)
-    step = 0
-    if resume:
-        st = torch.load(state_path, map_location=device, weights_only=False)
-        opt.load_state_dict(st["opt"])
-        step = st["step"]
+    opt, step = make_optimizer(model, cfg, out if resume else None, device)
     (out / "pretrain_config.json").write_text(json.dumps(asdict(cfg), indent=2))
     truncate_log(out / "log.jsonl", step)
     use_amp = torch.device(device).type == "cuda"
@@ -348,14 +342,9 @@ def pretrain(cfg: PretrainConfig, resume: bool = False, on_log: Callable[[dict],
         t_last = time.perf_counter()
         while step < stop:
             rows = lm_batch(train_src, random.Random(f"lm:{cfg.seed}:{step}"), cfg.batch_size, cfg.seq_len, device)
-            for g in opt.param_groups:
-                g["lr"] = lr_at(cfg, step)
             with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_amp):
                 loss = lm_loss(model, rows)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            opt.step()
+            gnorm = update(model, opt, loss, cfg, step)
             step += 1
             now = time.perf_counter()
             rec = {"step": step, "loss": round(loss.item(), 5), "lr": opt.param_groups[0]["lr"],

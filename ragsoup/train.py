@@ -262,17 +262,36 @@ def start_model(out: Path, resume: bool, init: str | None, device: str, command:
     return None, None
 
 
-def make_optimizer(model: torch.nn.Module, lr: float, weight_decay: float) -> torch.optim.AdamW:
-    """AdamW (betas 0.9/0.95), weight decay on matrices only."""
+def make_optimizer(model: torch.nn.Module, cfg: OptimConfig, resume_from: Path | None = None,
+                   device: str = "cpu") -> tuple[torch.optim.AdamW, int]:
+    """AdamW (betas 0.9/0.95, weight decay on matrices only) and the step to start at: 0, or the step of
+    ``resume_from``/trainer.pt, whose optimizer state is loaded."""
     decay = [p for p in model.parameters() if p.dim() >= 2]
     no_decay = [p for p in model.parameters() if p.dim() < 2]
-    return torch.optim.AdamW(
-        [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=lr, betas=(0.9, 0.95),
+    opt = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=cfg.lr, betas=(0.9, 0.95),
     )
+    if resume_from is None:
+        return opt, 0
+    st = torch.load(resume_from / "trainer.pt", map_location=device, weights_only=False)
+    opt.load_state_dict(st["opt"])
+    return opt, st["step"]
 
 
-def lr_at(cfg: TrainConfig, step: int) -> float:
+def update(model: torch.nn.Module, opt: torch.optim.Optimizer, loss: torch.Tensor, cfg: OptimConfig,
+           step: int) -> float:
+    """One optimizer update at ``step``: the scheduled learning rate, backward, gradient clipping; the grad norm."""
+    for g in opt.param_groups:
+        g["lr"] = lr_at(cfg, step)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+    opt.step()
+    return float(gnorm)
+
+
+def lr_at(cfg: OptimConfig, step: int) -> float:
     """Linear warmup then cosine decay to min_lr_frac * lr."""
     if step < cfg.warmup_steps:
         return cfg.lr * (step + 1) / cfg.warmup_steps
@@ -416,7 +435,6 @@ def train(cfg: TrainConfig, resume: bool = False, on_log: Log | None = None, dev
         raise RagsoupError(f"need 1 <= --k-min <= --k-max (got {cfg.k_min}, {cfg.k_max})")
     check_tasks(cfg)
     out = Path(cfg.out)
-    state_path = out / "trainer.pt"
     torch.manual_seed(cfg.seed)
     model, tok = start_model(out, resume, cfg.init, device, "train")
     if model is None:
@@ -428,12 +446,7 @@ def train(cfg: TrainConfig, resume: bool = False, on_log: Log | None = None, dev
     if is_kv_model(model) and cfg.bank_size > 0:
         raise RagsoupError("--bank-size needs fixed-size states; the transformer (KV-cache) baseline has none")
     model.train()
-    opt = make_optimizer(model, cfg.lr, cfg.weight_decay)
-    step = 0
-    if resume:
-        st = torch.load(state_path, map_location=device, weights_only=False)
-        opt.load_state_dict(st["opt"])
-        step = st["step"]
+    opt, step = make_optimizer(model, cfg, out if resume else None, device)
     out.mkdir(parents=True, exist_ok=True)
     (out / "train_config.json").write_text(json.dumps(asdict(cfg), indent=2))
     sets = eval_sets(cfg) if cfg.eval_every > 0 else {}
@@ -453,18 +466,13 @@ def train(cfg: TrainConfig, resume: bool = False, on_log: Log | None = None, dev
         stop = min(cfg.steps, cfg.until) if cfg.until > 0 else cfg.steps
         while step < stop:
             k, batch = make_batch(cfg, step)
-            for g in opt.param_groups:
-                g["lr"] = lr_at(cfg, step)
             if bank is not None and (bank.rows is None or step % cfg.bank_refresh == 0):
                 model.eval()
                 bank.refresh(encoder or model, tok, step)
                 model.train()
             with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_amp):
                 loss, n_tok = loss_on_batch(model, tok, cfg, k, batch, bank, step, encoder)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            opt.step()
+            gnorm = update(model, opt, loss, cfg, step)
             step += 1
             ex_acc += len(batch)
             tok_acc += n_tok
