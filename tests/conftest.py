@@ -28,3 +28,27 @@ def tiny_model(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("model") / "tiny"
     save_checkpoint(Mamba2LM(cfg), tok, path, meta={"train": {"passage_chars": 60}})
     return path
+
+
+@pytest.fixture
+def fit_fixed_batch():
+    """fit(model, tok, cfg, k, batch) -> (losses of 6 AdamW steps on that one batch, loss after them)."""
+    import math
+
+    from ragsoup.train import loss_on_batch
+
+    def fit(model, tok, cfg, k, batch, steps: int = 6, lr: float = 1e-2) -> tuple[list[float], float]:
+        opt = torch.optim.AdamW(model.parameters(), lr=lr)
+        losses = []
+        for _ in range(steps):
+            loss, n_tok = loss_on_batch(model, tok, cfg, k, batch)
+            assert math.isfinite(loss.item()) and n_tok > 0
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            losses.append(loss.item())
+        with torch.no_grad():
+            final = loss_on_batch(model, tok, cfg, k, batch)[0].item()
+        return losses, final
+
+    return fit
