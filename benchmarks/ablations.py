@@ -68,31 +68,30 @@ def command(arm: str, cfg: dict) -> str:
     return "ragsoup train " + " ".join(flags) + f" --out runs/ablation-{arm}"
 
 
-def ensure_base(preset: str) -> None:
-    """Train the shared base reader once (resuming a partial run)."""
-    cfg = TrainConfig.from_dict(PRESETS[preset])
+def train_once(cfg: TrainConfig, shown: str) -> float | None:
+    """Train ``cfg`` unless its run has finished (a partial run is resumed); the wall seconds, None if reused."""
     done = Path(cfg.out) / "trainer.pt"
     if done.exists() and torch.load(done, weights_only=False)["step"] >= cfg.steps:
-        return
-    print(f"$ ragsoup train --preset {preset}", flush=True)
+        return None
+    print(f"$ {shown}", flush=True)
     t = time.perf_counter()
     train(cfg, resume=done.exists())
-    print(f"  {time.perf_counter() - t:.0f} s", flush=True)
-
-
-def ensure_arm(arm: str) -> tuple[str, str | None, float]:
-    """Train one arm unless done; returns (model path, encoder path or None, wall seconds)."""
-    cfg = {**BUDGET, **ARMS[arm]}
-    out = Path(f"runs/ablation-{arm}")
-    done = out / "trainer.pt"
-    enc = str(out / "encoder") if cfg.get("freeze_encoder") else None
-    if done.exists() and torch.load(done, weights_only=False)["step"] >= cfg["steps"]:
-        return str(out / "last"), enc, float("nan")
-    print(f"$ {command(arm, cfg)}", flush=True)
-    t = time.perf_counter()
-    train(TrainConfig.from_dict({**cfg, "out": str(out)}), resume=done.exists())
     wall = time.perf_counter() - t
     print(f"  {wall:.0f} s", flush=True)
+    return wall
+
+
+def ensure_base(preset: str) -> None:
+    """Train the shared base reader once."""
+    train_once(TrainConfig.from_dict(PRESETS[preset]), f"ragsoup train --preset {preset}")
+
+
+def ensure_arm(arm: str) -> tuple[str, str | None, float | None]:
+    """Train one arm unless done; returns (model path, encoder path or None, wall seconds or None if reused)."""
+    cfg = {**BUDGET, **ARMS[arm]}
+    out = Path(f"runs/ablation-{arm}")
+    enc = str(out / "encoder") if cfg.get("freeze_encoder") else None
+    wall = train_once(TrainConfig.from_dict({**cfg, "out": str(out)}), command(arm, cfg))
     return str(out / "last"), enc, wall
 
 
@@ -144,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
             mode, pool = cfg.get("mode", "soup"), cfg.get("pool", "mean")
         print(f"[{arm}] eval ({mode}, {pool})", flush=True)
         prev = results.get(arm, {})
-        results[arm] = {"mode": mode, "pool": pool, "train_wall_s": prev.get("train_wall_s") if wall != wall else wall,
+        results[arm] = {"mode": mode, "pool": pool, "train_wall_s": prev.get("train_wall_s") if wall is None else wall,
                         "command": "ragsoup pretrain --preset ablation-lm" if arm.startswith("plain-lm")
                         else "ragsoup train --preset ablation-reader" if arm in ("no-finetune", "base-concat")
                         else command(arm, {**BUDGET, **ARMS[arm]}),
