@@ -14,8 +14,11 @@ ablation-reader`, an in-context reader that has never seen a soup). A plain next
   concat          the same budget of further concat training (--mode concat)
   full-k64        as full but k <= 64 (generalisation in k)
   sum|max|sum-norm|norm-mean   trained and evaluated with that pooling operator
-  kv-transformer  a causal transformer of the same width/depth, made a reader the same way
-                  (--preset ablation-reader-transformer), whose per-passage KV caches are averaged (ragsoup.kvsoup)
+  kv-transformer  a causal transformer of the same width/depth, made a reader from scratch the same way
+                  (--preset ablation-reader-transformer), then soup-finetuned with the same budget, its
+                  per-passage KV caches averaged (ragsoup.kvsoup); kv-concat: the same budget of concat training
+  kv-no-finetune  the transformer reader, its KV caches averaged at inference (kv-base-concat: reading the
+                  concatenation)
 
 Each arm is a plain `ragsoup train` run (printed), so any one can be rerun alone; finished runs are reused.
 Evaluation: `ragsoup eval` on fresh examples (seed 12345, disjoint from training's), EM in %.
@@ -41,11 +44,16 @@ from ragsoup.train import PRESETS, TrainConfig, train
 BUDGET = dict(tasks="needle:1,needle-distractor:1", k_min=1, k_max=8, k_ramp_steps=300, steps=1000, batch_size=8,
               lr=1e-3, warmup_steps=30, passage_chars=200, eval_every=0, save_every=250, ckpt_group=0, seed=0)
 BASE, BASE_T = "runs/ablation-reader/last", "runs/ablation-reader-transformer/last"
+BASE_ARMS = {  # arms that evaluate a base reader as it is: arm -> (preset, mode)
+    "no-finetune": ("ablation-reader", "soup"), "base-concat": ("ablation-reader", "concat"),
+    "kv-no-finetune": ("ablation-reader-transformer", "soup"), "kv-base-concat": ("ablation-reader-transformer", "concat"),
+}
 ARMS: dict[str, dict] = {
     "full": dict(init=BASE),
     "decoder-only": dict(init=BASE, freeze_encoder=True),
     "concat": dict(init=BASE, mode="concat"),
     "kv-transformer": dict(init=BASE_T),
+    "kv-concat": dict(init=BASE_T, mode="concat"),
     "sum": dict(init=BASE, pool="sum"),
     "max": dict(init=BASE, pool="max"),
     "full-k64": dict(init=BASE, k_max=64),
@@ -63,7 +71,7 @@ def command(arm: str, cfg: dict) -> str:
     for key, value in cfg.items():
         if key == "freeze_encoder":
             flags.append("--freeze-encoder")
-        elif key not in ("passage_chars", "warmup_steps"):
+        else:
             flags.append(f"--{key.replace('_', '-')} {value}")
     return "ragsoup train " + " ".join(flags) + f" --out runs/ablation-{arm}"
 
@@ -109,7 +117,7 @@ def evaluate(model: str, encoder: str | None, mode: str, pool: str, n: int, grid
 def main(argv: list[str] | None = None) -> int:
     """Train and evaluate the arms; write JSON results and print a markdown table."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--arms", default="no-finetune,base-concat," + ",".join(ARMS) + ",plain-lm,plain-lm-concat")
+    ap.add_argument("--arms", default=",".join([*BASE_ARMS, *ARMS]) + ",plain-lm,plain-lm-concat")
     ap.add_argument("--n", type=int, default=64, help="examples per eval cell")
     ap.add_argument("--out", default="docs/data/ablations.json")
     ap.add_argument("--table", action="store_true", help="only print the table of the results file")
@@ -129,15 +137,15 @@ def main(argv: list[str] | None = None) -> int:
                 pretrain(lm)
             model, enc, wall, pool = str(Path(lm.out) / "last"), None, 0.0, "mean"
             mode = "concat" if arm == "plain-lm-concat" else "soup"
-        elif arm in ("no-finetune", "base-concat"):
-            ensure_base("ablation-reader")
-            model, enc, wall, pool = BASE, None, 0.0, "mean"
-            mode = "concat" if arm == "base-concat" else "soup"
+        elif arm in BASE_ARMS:
+            preset, mode = BASE_ARMS[arm]
+            ensure_base(preset)
+            model, enc, wall, pool = str(Path(PRESETS[preset]["out"]) / "last"), None, 0.0, "mean"
         else:
             if arm not in ARMS:
-                print(f"unknown arm {arm}: use no-finetune, base-concat, {', '.join(ARMS)}", file=sys.stderr)
+                print(f"unknown arm {arm}: use {', '.join([*BASE_ARMS, *ARMS])}", file=sys.stderr)
                 return 1
-            ensure_base("ablation-reader-transformer" if arm == "kv-transformer" else "ablation-reader")
+            ensure_base("ablation-reader-transformer" if arm.startswith("kv-") else "ablation-reader")
             model, enc, wall = ensure_arm(arm)
             cfg = {**BUDGET, **ARMS[arm]}
             mode, pool = cfg.get("mode", "soup"), cfg.get("pool", "mean")
@@ -145,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
         prev = results.get(arm, {})
         results[arm] = {"mode": mode, "pool": pool, "train_wall_s": prev.get("train_wall_s") if wall is None else wall,
                         "command": "ragsoup pretrain --preset ablation-lm" if arm.startswith("plain-lm")
-                        else "ragsoup train --preset ablation-reader" if arm in ("no-finetune", "base-concat")
+                        else f"ragsoup train --preset {BASE_ARMS[arm][0]}" if arm in BASE_ARMS
                         else command(arm, {**BUDGET, **ARMS[arm]}),
                         "em": evaluate(model, enc, mode, pool, args.n,
                                        EVAL + [("needle", 256)] if arm in EVAL_256 else EVAL)}
@@ -162,8 +170,11 @@ LABELS = {
     "full": "**full** encoder + decoder finetuning (mean)", "decoder-only": "**decoder-only** (encoder frozen)",
     "concat": "same budget of further **concat** training", "full-k64": "full, trained with k ≤ 64",
     "sum": "full, trained with **sum**", "max": "full, trained with **max**", "sum-norm": "full, trained with sum-norm",
-    "norm-mean": "full, trained with norm-mean", "kv-transformer": "**transformer, averaged KV caches** (full)",
-    "transformer-reader-concat": "the transformer reader (6,000 steps) reading the concatenation",
+    "norm-mean": "full, trained with norm-mean",
+    "kv-no-finetune": "transformer reader, **averaged KV caches**, no soup finetuning",
+    "kv-base-concat": "transformer reader reading the concatenation",
+    "kv-transformer": "**transformer, averaged KV caches**, full soup finetuning",
+    "kv-concat": "transformer, same budget of further concat training",
 }
 
 

@@ -219,6 +219,8 @@ def train(
     steps: Optional[int] = typer.Option(None, help="Optimizer steps."),
     batch_size: Optional[int] = typer.Option(None, help="Examples per step."),
     lr: Optional[float] = typer.Option(None, help="Peak learning rate."),
+    warmup_steps: Optional[int] = typer.Option(None, help="Linear warmup steps before the cosine decay."),
+    passage_chars: Optional[int] = typer.Option(None, help="Characters per generated passage."),
     seed: Optional[int] = typer.Option(None, help="Seed (data and init)."),
     freeze_encoder: bool = typer.Option(False, "--freeze-encoder", help="Decoder-only finetuning: passages are encoded by a frozen copy of the starting model (saved in OUT/encoder)."),
     loss_on_question: bool = typer.Option(False, "--loss-on-question", help="Also train on the question tokens."),
@@ -229,6 +231,7 @@ def train(
     fresh_max: Optional[int] = typer.Option(None, help="With a bank: passages per example encoded with gradient."),
     eval_every: Optional[int] = typer.Option(None, help="Held-out EM per k every N steps (0: off)."),
     eval_ks: Optional[str] = typer.Option(None, help="k values for held-out EM, e.g. 1,4,16."),
+    save_every: Optional[int] = typer.Option(None, help="Checkpoint every N steps."),
     init: Optional[str] = typer.Option(None, help="Start from this checkpoint (or shipped model name)."),
     tokenizer: Optional[str] = typer.Option(None, help="bytes or bpe:VOCAB (new models only)."),
     squad: Optional[str] = typer.Option(None, help="SQuAD v1.1 JSON for --tasks squad / squad-segments (training articles only)."),
@@ -246,8 +249,8 @@ def train(
         raise RagsoupError(f"unknown preset '{preset}': use one of {', '.join(PRESETS)}")
     base = dict(PRESETS[preset]) if preset else {}
     given = dict(out=out, tasks=tasks, mode=mode, pool=pool, k_min=k_min, k_max=k_max, k_ramp_steps=k_ramp_steps,
-                 steps=steps, batch_size=batch_size, lr=lr, seed=seed, ckpt_group=ckpt_group, eval_every=eval_every,
-                 eval_ks=eval_ks, init=init, tokenizer=tokenizer, extra_questions=extra_questions, bank_size=bank_size,
+                 steps=steps, batch_size=batch_size, lr=lr, warmup_steps=warmup_steps, passage_chars=passage_chars,
+                 seed=seed, ckpt_group=ckpt_group, eval_every=eval_every, eval_ks=eval_ks, save_every=save_every, init=init, tokenizer=tokenizer, extra_questions=extra_questions, bank_size=bank_size,
                  bank_refresh=bank_refresh, fresh_max=fresh_max, until=until, squad=squad)
     base.update({k: v for k, v in given.items() if v is not None})
     if freeze_encoder:

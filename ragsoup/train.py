@@ -144,8 +144,9 @@ PRESETS: dict[str, dict] = {
     ),
     "ablation-reader-transformer": dict(
         out="runs/ablation-reader-transformer", arch="transformer", mode="concat",
-        tasks="needle:1,needle-distractor:1", k_min=1, k_max=4, k_ramp_steps=1000, steps=3000, batch_size=8, lr=2e-3,
+        tasks="needle:1,needle-distractor:1", k_min=1, k_max=4, k_ramp_steps=1000, steps=3000, batch_size=16, lr=1e-3,
         warmup_steps=50, passage_chars=200, eval_every=500, eval_ks="1,4", eval_n=32, save_every=250, ckpt_group=0,
+        loss_on_question=True,  # the dense signal it needs: answer-only loss at batch 8 / lr 2e-3 never left chance
         model=dict(d_model=256, n_layer=4, n_head=4, mlp_ratio=1.5),
     ),
     # seconds-long smoke run

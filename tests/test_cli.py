@@ -679,3 +679,29 @@ def test_default_index_dir_is_named_after_the_corpus(tmp_path):
     assert default_index_dir(tmp_path / "demo") == Path("indexes/demo")
     assert default_index_dir(tmp_path / "faq.jsonl") == Path("indexes/faq")
     assert default_index_dir(tmp_path / "squad.json.gz") == Path("indexes/squad")
+
+
+def test_ablation_arms_print_train_commands_the_cli_accepts():
+    """benchmarks/ablations.py prints each arm's `ragsoup train` line; every flag in it must be a real option."""
+    import importlib.util
+    import shlex
+    from pathlib import Path
+
+    import typer
+
+    from ragsoup.cli import app
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "ablations.py"
+    spec = importlib.util.spec_from_file_location("ablations", path)
+    abl = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(abl)
+    train_cmd = typer.main.get_command(app).commands["train"]
+    known = {opt for p in train_cmd.params for opt in p.opts}
+    for arm, cfg in abl.ARMS.items():
+        words = shlex.split(abl.command(arm, {**abl.BUDGET, **cfg}))
+        assert words[:2] == ["ragsoup", "train"]
+        flags = [w for w in words[2:] if w.startswith("--")]
+        assert "--warmup-steps" in flags  # the budget's warmup must reach a rerun of the printed line
+        assert set(flags) <= known, (arm, set(flags) - known)
+        ctx = train_cmd.make_context("train", words[2:])  # parses: every value has the option's type
+        assert ctx.params["out"] == f"runs/ablation-{arm}"
