@@ -121,9 +121,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--n", type=int, default=64, help="examples per eval cell")
     ap.add_argument("--out", default="docs/data/ablations.json")
     ap.add_argument("--table", action="store_true", help="only print the table of the results file")
+    ap.add_argument("--plot", metavar="PNG", help="only plot needle EM vs k of the results file's arms into PNG")
     args = ap.parse_args(argv)
     if args.table:
         print(table(json.loads(Path(args.out).read_text())))
+        return 0
+    if args.plot:
+        plot(json.loads(Path(args.out).read_text()), Path(args.plot))
+        print(f"wrote {args.plot}")
         return 0
     torch.set_flush_denormal(True)
     arms = [a.strip() for a in args.arms.split(",") if a.strip()]
@@ -191,6 +196,41 @@ def table(results: dict) -> str:
         lines.append(f"| {LABELS.get(arm, arm)} | {r['mode']} | {r['pool'] if r['mode'] == 'soup' else ''} | "
                      + " | ".join(cells) + f" | {'' if not wall else f'{wall / 60:.1f}'} |")
     return "\n".join(lines)
+
+
+PLOTTED = {  # arm -> (label, colour, line style): the soup-vs-concat contrast for both architectures
+    "full": ("Mamba2, state soup (mean)", "tab:blue", "-"), "concat": ("Mamba2, concat", "tab:blue", ":"),
+    "max": ("Mamba2, state soup (max)", "tab:green", "-"),
+    "kv-transformer": ("transformer, averaged KV caches", "tab:red", "-"),
+    "kv-concat": ("transformer, concat", "tab:red", ":"),
+}
+
+
+def plot(results: dict, path: Path) -> None:
+    """Needle EM vs k (log x) for the soup and concat arms of both architectures, same budget."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for ax, task in zip(axes, ("needle", "longdoc")):
+        for arm, (label, colour, style) in PLOTTED.items():
+            em = results.get(arm, {}).get("em", {})
+            ks = sorted(int(key.split("@")[1]) for key in em if key.split("@")[0] == task)
+            if ks:
+                ax.plot(ks, [em[f"{task}@{k}"] for k in ks], style, marker="o", color=colour, label=label)
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("k (passages / segments)")
+        ax.set_ylabel("EM (%)")
+        ax.set_ylim(-3, 103)
+        ax.set_title(f"{task}: 1,000 steps from each reader, trained k ≤ 8")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 if __name__ == "__main__":
