@@ -2,7 +2,8 @@
 
 The paper contrasts souping Mamba2 states with the obvious transformer analogue, averaging the passages' KV caches,
 which fails (0.53 EM against 48.50 for concatenation). This module is that baseline, built so that the training and
-evaluation code paths of the Mamba2 model work with it (``ragsoup train --preset kv-baseline``, ``ragsoup eval``).
+evaluation code paths of the Mamba2 model work with it (``ragsoup train --preset ablation-reader-transformer``, then
+the ``kv-transformer`` arm of benchmarks/ablations.py; ``ragsoup eval``). Results: docs/results.md section 2b.
 
 Model (``TransformerLM``): nanoGPT-style pre-norm decoder. RMSNorm (ragsoup.model.RMSNorm, no biases anywhere),
 rotary position embeddings (half-split "GPT-NeoX" form, base ``rope_base``) applied to q and k before caching,

@@ -111,14 +111,6 @@ PRESETS: dict[str, dict] = {
         steps=1000, batch_size=8, lr=7e-4, warmup_steps=20, passage_chars=200, eval_every=250, eval_ks="4,16,64,256",
         eval_n=32, save_every=100, ckpt_group=0, extra_questions=3, bank_size=512, bank_refresh=20, fresh_max=8,
     ),
-    # the averaged-KV-cache transformer baseline (ragsoup.kvsoup), stage 1 of "default" otherwise: same task mix,
-    # schedule and tokenizer, same width and depth, ~2.36M parameters (the Mamba2 default: ~2.25M)
-    "kv-baseline": dict(
-        out="runs/kv-baseline", arch="transformer", tasks="needle:3,needle-distractor:2,two-hop:1", k_min=1,
-        k_max=64, k_ramp_steps=2000, steps=3000, batch_size=8, lr=2e-3, warmup_steps=100, passage_chars=200,
-        eval_every=500, eval_ks="1,4,16,64", eval_n=32, save_every=250, ckpt_group=0,
-        model=dict(d_model=256, n_layer=4, n_head=4, mlp_ratio=1.5),
-    ),
     # stage 2 of wiki-small: soup finetuning on SQuAD training articles (gold paragraph, or its segments, plus
     # distractors from the same and other articles), k growing 1 -> 16; held-out EM on the held-out articles
     "wiki-small-squad": dict(
