@@ -20,7 +20,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from ragsoup import kernels, ssd
+from ragsoup import kernels
 
 
 @dataclass
@@ -121,8 +121,8 @@ class Mamba2Mixer(nn.Module):
         c = self.cfg
         b, l, _ = u.shape
         z, xBC, dt = self._split(self.in_proj(u))
-        xBC_conv, padded = ssd.causal_conv(xBC, self.conv1d.weight, self.conv1d.bias, state.conv if state else None)
-        conv_state = ssd.conv_state_at(padded, lengths, c.d_conv)
+        xBC_conv, conv_state = kernels.causal_conv(xBC, self.conv1d.weight, self.conv1d.bias,
+                                                   state.conv if state else None, lengths)
         x, B, C = self._ssm_inputs(F.silu(xBC_conv))
         dt = F.softplus(dt + self.dt_bias)  # [b, l, h]
         if mask is not None:
@@ -146,16 +146,13 @@ class Mamba2Mixer(nn.Module):
         """One token: u [b, d_model] -> (out [b, d_model], new state). O(1) in the sequence length."""
         c = self.cfg
         z, xBC, dt = self._split(self.in_proj(u))
-        xBC, conv_state = ssd.conv_step(state.conv, xBC, self.conv1d.weight, self.conv1d.bias)
+        xBC, conv_state = kernels.conv_step(state.conv, xBC, self.conv1d.weight, self.conv1d.bias)
         x, B, C = self._ssm_inputs(F.silu(xBC))
         dt = F.softplus(dt + self.dt_bias)  # [b, h]
         A = -torch.exp(self.A_log.float())
-        rep = c.nheads // c.ngroups
-        Bh = B.reshape(-1, c.ngroups, c.d_state).repeat_interleave(rep, dim=1)
-        Ch = C.reshape(-1, c.ngroups, c.d_state).repeat_interleave(rep, dim=1)
         xh = x.reshape(-1, c.nheads, c.headdim)
-        y, ssm_state = ssd.ssm_step(state.ssm.to(xh.dtype), xh, dt, A, Bh, Ch)
-        y = y + xh * self.D[:, None]
+        y, ssm_state = kernels.ssm_step(state.ssm.to(xh.dtype), xh, dt, A, B.reshape(-1, c.ngroups, c.d_state),
+                                        C.reshape(-1, c.ngroups, c.d_state), self.D)  # y includes the D skip
         y = self.norm(y.reshape(-1, c.d_inner), z)
         return self.out_proj(y), LayerState(conv_state, ssm_state)
 
