@@ -46,6 +46,7 @@ def ssd_chunked(
     """
     b, l, h, p = x.shape
     n = B.size(-1)
+    chunk_size = max(1, min(chunk_size, l))  # any chunk size gives the same result; a short prompt needs no padding
     pad = (-l) % chunk_size
     if pad:
         x = F.pad(x, (0, 0, 0, 0, 0, pad))

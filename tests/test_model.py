@@ -31,8 +31,9 @@ def _scan_inputs(b=2, l=37, h=4, p=8, n=6, g=2, seed=0):
 
 @pytest.mark.parametrize("chunk", [1, 4, 16, 64])
 @pytest.mark.parametrize("with_init", [False, True])
-def test_chunked_scan_equals_recurrence(chunk, with_init):
-    x, dt, A, B, C, s0 = _scan_inputs()
+@pytest.mark.parametrize("length", [37, 1])  # 37 < 64: a prompt shorter than one chunk
+def test_chunked_scan_equals_recurrence(chunk, with_init, length):
+    x, dt, A, B, C, s0 = _scan_inputs(l=length)
     init = s0 if with_init else None
     y1, s1 = ssd.ssd_chunked(x, dt, A, B, C, chunk, init)
     y2, s2 = ssd.ssd_recurrent(x, dt, A, B, C, init)
