@@ -106,18 +106,10 @@ class StateStore:
     def row_bytes(self) -> int:
         return self.rows.shape[1] * self.rows.dtype.itemsize
 
-    def read(self, idx: Sequence[int], out: np.ndarray | None = None) -> np.ndarray:
-        """Copy the rows ``idx`` (k of them) into memory: [k, D], reading only those rows.
-
-        ``out`` (a reused [>=k, D] buffer) avoids page-faulting a fresh allocation on every query.
-        """
-        idx = np.asarray(idx, dtype=np.int64)
-        if out is None:
-            return self.rows[idx]
-        dst = out[: len(idx)]
-        # torch's index_select copies rows in parallel straight from the mapping (numpy's take is far slower)
-        torch.index_select(self.view(), 0, torch.from_numpy(idx), out=torch.from_numpy(dst))
-        return dst
+    def read(self, idx: Sequence[int]) -> np.ndarray:
+        """Copy the rows ``idx`` (k of them) into memory: [k, D], reading only those rows (``ask`` streams them from
+        ``view()`` into the soup instead; this is for copying rows out, as an incremental re-index does)."""
+        return self.rows[np.asarray(idx, dtype=np.int64)]
 
     def view(self) -> Tensor:
         """A zero-copy, read-only torch view of the mapped rows [n, D] (never written to)."""
