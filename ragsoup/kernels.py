@@ -11,13 +11,15 @@ decided here, once, with one log line saying why when a fused path is not used. 
 * Causal conv1d (sequence with initial/final states, and the single step): the compiled ``causal-conv1d``
   package when it imports; otherwise the PyTorch conv (a depthwise conv of width 4: a small share of the time).
 
-Every fused op is checked against ``ragsoup.ssd`` in tests marked ``gpu``.
+Every fused op is checked against ``ragsoup.ssd`` in tests marked ``gpu``. ``RAGSOUP_KERNELS=torch`` forces the
+reference ops on CUDA too (to compare, or to rule the kernels out).
 """
 
 from __future__ import annotations
 
 import importlib.util
 import logging
+import os
 import sys
 import types
 from functools import lru_cache
@@ -64,6 +66,10 @@ def fused_ops() -> FusedOps | None:
     """The fused ops, or None (with the reason logged once) when they cannot run."""
     if not torch.cuda.is_available():
         _NOTE["why"] = "no CUDA device: PyTorch reference scan"
+        log.info("fused kernels off: %s", _NOTE["why"])
+        return None
+    if os.environ.get("RAGSOUP_KERNELS", "").lower() == "torch":
+        _NOTE["why"] = "RAGSOUP_KERNELS=torch: PyTorch reference ops on CUDA"
         log.info("fused kernels off: %s", _NOTE["why"])
         return None
     try:
