@@ -159,7 +159,7 @@ def causal_conv(u: Tensor, weight: Tensor, bias: Tensor | None, initial_state: T
         return out, ssd.conv_state_at(padded, lengths, w)
     b, l, d = u.shape
     prefix = u.new_zeros(b, d, w - 1) if initial_state is None else initial_state.to(u.dtype)
-    x = u.transpose(1, 2)  # [b, d, l], channel-last in memory, as the kernel wants with initial states
+    x = u.contiguous().transpose(1, 2)  # [b, d, l], dense channel-last, as the kernel wants with initial states
     init = prefix.transpose(1, 2).contiguous().transpose(1, 2)
     out = ops.conv(x, weight[:, 0, :], bias, initial_states=init, activation=None)
     state = ssd.conv_state_at(torch.cat([prefix, x], dim=-1), lengths, w)
@@ -172,5 +172,5 @@ def conv_step(state: Tensor, u: Tensor, weight: Tensor, bias: Tensor | None) -> 
     if ops is None or ops.conv_update is None:
         return ssd.conv_step(state, u, weight, bias)
     st = state.to(u.dtype).clone()  # updated in place by the kernel (shifted left, u appended)
-    out = ops.conv_update(u, st, weight[:, 0, :], bias, activation=None)
+    out = ops.conv_update(u.contiguous(), st, weight[:, 0, :], bias, activation=None)
     return out, st
