@@ -54,6 +54,7 @@ ARMS: dict[str, dict] = {
     "concat": dict(init=BASE, mode="concat"),
     "kv-transformer": dict(init=BASE_T),
     "kv-concat": dict(init=BASE_T, mode="concat"),
+    "kv-transformer-k64": dict(init=BASE_T, k_max=64),
     "sum": dict(init=BASE, pool="sum"),
     "max": dict(init=BASE, pool="max"),
     "full-k64": dict(init=BASE, k_max=64),
@@ -62,7 +63,7 @@ ARMS: dict[str, dict] = {
 }
 EVAL = [("needle", 1), ("needle", 4), ("needle", 8), ("needle", 16), ("needle", 64), ("needle-distractor", 4),
         ("longdoc", 16), ("longdoc", 64)]
-EVAL_256 = ("no-finetune", "full", "full-k64", "max", "sum")  # arms also scored at k = 256 (generalisation, pooling)
+EVAL_256 = ("no-finetune", "full", "full-k64", "max", "sum", "kv-transformer-k64")  # arms also scored at k = 256 (generalisation, pooling)
 
 
 def command(arm: str, cfg: dict) -> str:
@@ -180,6 +181,7 @@ LABELS = {
     "kv-base-concat": "transformer reader reading the concatenation",
     "kv-transformer": "**transformer, averaged KV caches**, full soup finetuning",
     "kv-concat": "transformer, same budget of further concat training",
+    "kv-transformer-k64": "transformer, averaged KV caches, trained with k ≤ 64",
 }
 
 

@@ -144,7 +144,9 @@ def ssm_step(s: Tensor, x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, 
     if ops is not None:
         return fused_ssm_step(ops.state_update, s, x, dt, A, B, C, D)
     rep = x.shape[1] // B.shape[1]
-    y, s = ssd.ssm_step(s, x, dt, A, B.repeat_interleave(rep, dim=1), C.repeat_interleave(rep, dim=1))
+    if rep > 1 and B.shape[1] > 1:  # one group broadcasts over the heads as it is
+        B, C = B.repeat_interleave(rep, dim=1), C.repeat_interleave(rep, dim=1)
+    y, s = ssd.ssm_step(s, x, dt, A, B, C)
     return y + x * D[:, None], s
 
 
