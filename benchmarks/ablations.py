@@ -205,6 +205,8 @@ PLOTTED = {  # arm -> (label, colour, line style): the soup-vs-concat contrast f
     "max": ("Mamba2, state soup (max)", "tab:green", "-"),
     "kv-transformer": ("transformer, averaged KV caches", "tab:red", "-"),
     "kv-concat": ("transformer, concat", "tab:red", ":"),
+    "full-k64": ("Mamba2, state soup (mean), trained k ≤ 64", "tab:blue", "--"),
+    "kv-transformer-k64": ("transformer, averaged KV, trained k ≤ 64", "tab:red", "--"),
 }
 
 
@@ -215,7 +217,7 @@ def plot(results: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    fig, axes = plt.subplots(1, 2, figsize=(11, 5.2))
     for ax, task in zip(axes, ("needle", "longdoc")):
         for arm, (label, colour, style) in PLOTTED.items():
             em = results.get(arm, {}).get("em", {})
@@ -226,10 +228,12 @@ def plot(results: dict, path: Path) -> None:
         ax.set_xlabel("k (passages / segments)")
         ax.set_ylabel("EM (%)")
         ax.set_ylim(-3, 103)
-        ax.set_title(f"{task}: 1,000 steps from each reader, trained k ≤ 8")
+        ax.set_title(task)
         ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=8)
-    fig.tight_layout()
+    fig.suptitle("EM vs k after 1,000 steps from each reader (trained with k ≤ 8 unless marked)", fontsize=11)
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=3, fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0.13, 1, 1))
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
     plt.close(fig)
