@@ -178,7 +178,7 @@ def _render_answer(res, json_out: bool, title: str) -> None:
 
 def _ask_file(engine, path: Path, k: int, pool: str, max_new_tokens: int, json_out: bool, batch_size: int = 16) -> None:
     """Answer every question of a questions.jsonl file, batch_size at a time; print each and the EM/F1 totals."""
-    from ragsoup.metrics import best_em_f1
+    from ragsoup.metrics import best_em_f1, gold_retrieved
     from ragsoup.tasks.files import read_questions
 
     qs = read_questions(path)
@@ -190,19 +190,23 @@ def _ask_file(engine, path: Path, k: int, pool: str, max_new_tokens: int, json_o
     for i in range(0, len(qs), batch_size):
         results += engine.ask_batch([q["question"] for q in qs[i : i + batch_size]], k=k, pool=pool,
                                     max_new_tokens=max_new_tokens)
+    hits = 0
     for q, res in zip(qs, results):
-        em, f1 = best_em_f1(res.answer, [q["answer"]])
-        em_sum, f1_sum = em_sum + em, f1_sum + f1
+        em, f1 = best_em_f1(res.answer, q.get("answers") or [q["answer"]])
+        found = gold_retrieved([p["id"] for p in res.passages], q["gold_ids"])
+        em_sum, f1_sum, hits = em_sum + em, f1_sum + f1, hits + found
         rows.append({"question": q["question"], "expected": q["answer"], "answer": res.answer, "em": em, "f1": f1,
-                     "total_ms": res.timings_ms["total"]})
+                     "gold_retrieved": found, "total_ms": res.timings_ms["total"]})
         table.add_row(escape(q["question"]), escape(q["answer"]), escape(res.answer), "[green]yes[/]" if em else "[red]no[/]")
     n = max(len(qs), 1)
-    summary = {"n": len(qs), "k": k, "pool": pool, "em": 100 * em_sum / n, "f1": 100 * f1_sum / n}
+    summary = {"n": len(qs), "k": k, "pool": pool, "em": 100 * em_sum / n, "f1": 100 * f1_sum / n,
+               "recall_at_k": 100 * hits / n}
     if json_out:
         _print_json({**summary, "results": rows})
         return
     console.print(table)
-    console.print(f"[bold]EM {summary['em']:.1f}  F1 {summary['f1']:.1f}[/] over {len(qs)} questions")
+    console.print(f"[bold]EM {summary['em']:.1f}  F1 {summary['f1']:.1f}[/]  recall@{k} {summary['recall_at_k']:.1f}"
+                  f" over {len(qs)} questions")
 
 
 @app.command()
@@ -372,22 +376,30 @@ def export(
 @app.command("make-corpus")
 @domain_errors
 def make_corpus_cmd(
-    task: str = typer.Argument(..., help="needle or two-hop."),
+    task: str = typer.Argument(..., help="needle, two-hop, demo, or squad (real text: needs --data)."),
     passages: int = typer.Option(300, "--passages", help="Passages in the corpus."),
     queries: int = typer.Option(50, "--queries", help="Questions (each with its gold passages in the corpus)."),
     out: Path = typer.Option(..., "--out", help="Output directory (corpus.jsonl, questions.jsonl, README.md)."),
     seed: int = typer.Option(0, help="Seed."),
     variant: str = typer.Option("single", help="Needle variant: single, multikey, distractor, multivalue."),
     passage_chars: int = typer.Option(200, help="Approximate passage length (the default model was trained on 200)."),
+    data: Optional[Path] = typer.Option(None, "--data", help="squad: the SQuAD v1.1 JSON (.json or .json.gz)."),
+    split: str = typer.Option("val", help="squad: articles of ragsoup's held-out split (val), the rest (train) or all."),
 ) -> None:
     """Write a generated corpus (needle, two-hop, or demo = both) and its questions file."""
     import sys
 
-    from ragsoup.tasks.files import make_corpus
+    from ragsoup.tasks.files import make_corpus, make_squad_corpus
 
     if passages <= 0 or queries <= 0:
         raise RagsoupError("--passages and --queries must be positive")
     command = "ragsoup " + " ".join(sys.argv[1:])
+    if task == "squad":
+        if data is None:
+            raise RagsoupError("make-corpus squad needs --data SQUAD.json (e.g. ../shared/data/squad/train-v1.1.reconstructed.json.gz)")
+        path = make_squad_corpus(data, split, passages, queries, seed, out, command=command)
+        console.print(f"[green]wrote[/] {path}")
+        return
     path = make_corpus(task, passages, queries, seed, out, variant=variant, passage_chars=passage_chars, command=command)
     console.print(f"[green]wrote[/] {path}")
 

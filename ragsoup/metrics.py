@@ -62,3 +62,13 @@ def best_em_f1(prediction: str, golds: list[str]) -> tuple[float, float]:
     em = max(exact_match(prediction, g) for g in golds)
     f1 = max(f1_score(prediction, g) for g in golds)
     return em, f1
+
+
+def gold_retrieved(retrieved_ids: list[str], gold_ids: list[str]) -> bool:
+    """True if a retrieved passage is a gold one: the same id, or a chunk ``GOLD-i`` that indexing cut from it."""
+    gold = set(gold_ids)
+    for rid in retrieved_ids:
+        head, _, tail = rid.rpartition("-")
+        if rid in gold or (tail.isdigit() and head in gold):
+            return True
+    return False

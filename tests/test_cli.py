@@ -294,7 +294,7 @@ def test_ask_questions_file_human(built, questions_file):
     r = run("ask", "--questions", questions_file, "--index", built["out"], "--k", "2", *ASK)
     ok(r)
     text = flat(r.stdout)
-    assert re.search(r"EM [\d.]+ F1 [\d.]+ over 2 questions", text), text
+    assert re.search(r"EM [\d.]+ F1 [\d.]+ recall@2 100.0 over 2 questions", text), text
     assert "Murano" in text and "Mauna Loa" in text
 
 
@@ -302,9 +302,10 @@ def test_ask_questions_file_json(built, questions_file):
     obj = one_json(run("ask", "--questions", questions_file, "--index", built["out"], "--k", "2", *ASK, "--json"))
     assert obj["n"] == 2 and obj["k"] == 2 and obj["pool"] == "mean"
     assert 0 <= obj["em"] <= 100 and 0 <= obj["f1"] <= 100
+    assert obj["recall_at_k"] == 100.0  # each question's own passage is among its top 2
     assert len(obj["results"]) == 2
     for row, expected in zip(obj["results"], ("Murano", "Mauna Loa")):
-        assert {"question", "expected", "answer", "em", "f1", "total_ms"} <= set(row)
+        assert {"question", "expected", "answer", "em", "f1", "gold_retrieved", "total_ms"} <= set(row)
         assert row["expected"] == expected
 
 

@@ -139,3 +139,34 @@ def test_eval_with_a_separate_encoder(tiny_model, tmp_path):
 def test_eval_long_document_tasks(tiny_model, task):
     obj = _json(_run(["eval", "--task", task, "--k", "6", "--limit", "3", "--model", str(tiny_model), "--json"]))
     assert obj["task"] == task and obj["k"] == 6 and obj["n"] == 3
+
+
+def test_make_corpus_squad_writes_whole_articles_and_their_questions(squad_file, tmp_path):
+    from ragsoup.tasks.files import read_corpus, read_questions
+
+    out = tmp_path / "sq"
+    res = _run(["make-corpus", "squad", "--data", str(squad_file), "--split", "all", "--passages", "4",
+                "--queries", "2", "--seed", "1", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    corpus, questions = read_corpus(out), read_questions(out)
+    assert [r["title"] for r in corpus] == ["Alpha"] * 3  # whole articles only: Beta's 3 would pass 4 passages
+    by_id = {r["id"]: r for r in corpus}
+    assert len(questions) == 2
+    for q in questions:
+        (gold,) = q["gold_ids"]
+        assert q["answer"] in by_id[gold]["text"] and q["answers"] == [q["answer"]]
+    again = tmp_path / "sq2"
+    _run(["make-corpus", "squad", "--data", str(squad_file), "--split", "all", "--passages", "4", "--queries", "2",
+          "--seed", "1", "--out", str(again)])
+    assert read_questions(again) == questions  # deterministic per seed
+    bad = _run(["make-corpus", "squad", "--passages", "4", "--queries", "2", "--out", str(tmp_path / "x")])
+    assert bad.exit_code == 1 and "--data" in bad.output
+
+
+def test_gold_retrieved_matches_ids_and_their_chunks():
+    from ragsoup.metrics import gold_retrieved
+
+    assert gold_retrieved(["a", "squad-00012"], ["squad-00012"])
+    assert gold_retrieved(["squad-00012-1"], ["squad-00012"])  # a chunk cut from the gold paragraph at indexing
+    assert not gold_retrieved(["squad-00013", "squad-00012x-1"], ["squad-00012"])
+    assert not gold_retrieved([], ["g"])

@@ -24,6 +24,7 @@ QUESTIONS_FILE = "questions.jsonl"
 README_FILE = "README.md"
 CORPUS_KEYS = ("id", "title", "text")
 QUESTION_KEYS = ("question", "answer", "gold_ids")
+OPTIONAL_QUESTION_KEYS = ("answers",)  # every accepted answer (SQuAD); EM/F1 take the best, as the official script
 CORPUS_TASKS: tuple[str, ...] = ("needle", "needle-multikey", "needle-distractor", "needle-multivalue", "two-hop", "demo")
 DEMO_TWOHOP_FRACTION = 0.25  # share of the demo corpus (passages and questions) that is two-hop facts
 
@@ -73,6 +74,9 @@ def _check_question(q: Any, where: str) -> dict:
     gold = q["gold_ids"]
     if not isinstance(gold, list) or not all(isinstance(g, str) for g in gold):
         raise RagsoupError(f'{where}: "gold_ids" must be a list of corpus id strings')
+    answers = q.get("answers", [q["answer"]])
+    if not isinstance(answers, list) or not answers or not all(isinstance(a, str) for a in answers):
+        raise RagsoupError(f'{where}: "answers" (optional) must be a non-empty list of strings')
     return q
 
 
@@ -115,7 +119,8 @@ def write_corpus(out_dir: Path, records: list[dict], questions: list[dict], meta
     except OSError as e:
         raise RagsoupError(f"cannot create corpus directory {out_dir}: {e}") from e
     _atomic_write(out_dir / CORPUS_FILE, _jsonl({k: r[k] for k in CORPUS_KEYS} for r in records))
-    _atomic_write(out_dir / QUESTIONS_FILE, _jsonl({k: q[k] for k in QUESTION_KEYS} for q in questions))
+    _atomic_write(out_dir / QUESTIONS_FILE, _jsonl({k: q[k] for k in QUESTION_KEYS + OPTIONAL_QUESTION_KEYS if k in q}
+                                                   for q in questions))
     _atomic_write(out_dir / README_FILE, _readme(meta, len(records), len(questions)))
     return out_dir
 
@@ -153,6 +158,25 @@ def read_corpus(path: str | Path) -> list[dict]:
         _check_record(obj, seen, f"{path}:{lineno}")
         records.append(obj)
     return records
+
+
+def make_squad_corpus(data: str | Path, split: str, n_passages: int, n_queries: int, seed: int, out_dir: Path,
+                      command: str | None = None) -> Path:
+    """Write a real-text corpus from a SQuAD v1.1 file: paragraphs of whole articles of one side of ragsoup's
+    by-article split ("val": the held-out articles, "train", or "all") and a sample of their questions."""
+    from ragsoup.tasks.squad import SQUAD_SPLIT_SEED, SQUAD_VAL_FRACTION, load_squad, split_by_article, squad_corpus
+
+    records = load_squad(data)
+    if split != "all":
+        if split not in ("train", "val"):
+            raise RagsoupError(f"unknown split {split!r}: use all, train or val")
+        records = split_by_article(records, SQUAD_VAL_FRACTION, SQUAD_SPLIT_SEED)[split == "val"]
+    corpus, questions = squad_corpus(records, n_passages, n_queries, seed)
+    if not corpus:
+        raise RagsoupError(f"{data}: no SQuAD paragraphs on the {split!r} side of the split")
+    meta = {"task": "squad", "source": Path(data).name, "split": split, "seed": seed, "n_passages": len(corpus),
+            "n_queries": len(questions), "command": command or f"make_squad_corpus({str(data)!r}, {split!r}, ...)"}
+    return write_corpus(Path(out_dir), corpus, questions, meta)
 
 
 def make_corpus(

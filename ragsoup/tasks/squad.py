@@ -165,3 +165,22 @@ def _squad_iter(pool: SquadPool, rng: random.Random, k: int, same_article: int, 
         rng.shuffle(order)
     for r_idx in order:
         yield pool.example(rng, pool.records[r_idx], k, same_article)
+
+
+def squad_corpus(records: list[dict], n_passages: int, n_queries: int, seed: int) -> tuple[list[dict], list[dict]]:
+    """A retrieval corpus from SQuAD records: the paragraphs of whole articles (in file order) up to n_passages,
+    and n_queries of their questions (seeded sample) with every gold answer and the paragraph id as gold."""
+    pool = SquadPool(records)
+    keep: list[int] = []
+    for start, end in pool.span.values():  # whole articles, so same-article distractors stay in the corpus
+        if keep and len(keep) + (end - start) > n_passages:
+            break
+        keep.extend(range(start, end))
+    ids = {i: f"squad-{i:05d}" for i in keep}
+    titles = {i: t for t, (s, e) in pool.span.items() for i in range(s, e) if i in ids}
+    corpus = [{"id": ids[i], "title": titles[i], "text": pool.paragraphs[i]} for i in keep]
+    askable = [r for r in pool.records if pool.index_of[(r["title"], r["context"])] in ids]
+    chosen = random.Random(seed).sample(askable, min(n_queries, len(askable)))
+    questions = [{"question": r["question"], "answer": r["answers"][0], "answers": list(r["answers"]),
+                  "gold_ids": [ids[pool.index_of[(r["title"], r["context"])]]]} for r in chosen]
+    return corpus, questions
