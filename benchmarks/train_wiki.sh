@@ -25,7 +25,11 @@ case "${1:-}" in
   eval)    for k in 1 5; do
              ragsoup eval --task squad --data "$SQUAD" --split val --k $k --model runs/wiki-squad/last --json
              ragsoup eval --task squad --data "$SQUAD" --split val --k $k --mode concat --model runs/wiki-squad-concat/last --json
-           done ;;
+           done
+           # retrieval + soup end to end over every held-out paragraph
+           ragsoup make-corpus squad --data "$SQUAD" --split val --passages 100000 --queries 500 --out runs/squad-val
+           ragsoup index runs/squad-val --out runs/squad-val-index --model runs/wiki-squad/last
+           ragsoup ask --questions runs/squad-val/questions.jsonl --index runs/squad-val-index --k 5 --json ;;
   ship)    ragsoup export runs/wiki-squad/last ragsoup/models/wiki-small --dtype bfloat16 --max-shard-mb 15 ;;
   *) sed -n '2,13p' "$0"; exit 2 ;;
 esac
