@@ -190,17 +190,19 @@ def _ask_file(engine, path: Path, k: int, pool: str, max_new_tokens: int, json_o
     for i in range(0, len(qs), batch_size):
         results += engine.ask_batch([q["question"] for q in qs[i : i + batch_size]], k=k, pool=pool,
                                     max_new_tokens=max_new_tokens)
-    hits = 0
+    hits = hits_all = 0
     for q, res in zip(qs, results):
         em, f1 = best_em_f1(res.answer, q.get("answers") or [q["answer"]])
-        found = gold_retrieved([p["id"] for p in res.passages], q["gold_ids"])
+        ids = [p["id"] for p in res.passages]
+        found = gold_retrieved(ids, q["gold_ids"])
         em_sum, f1_sum, hits = em_sum + em, f1_sum + f1, hits + found
+        hits_all += gold_retrieved(ids, q["gold_ids"], require_all=True)
         rows.append({"question": q["question"], "expected": q["answer"], "answer": res.answer, "em": em, "f1": f1,
                      "gold_retrieved": found, "total_ms": res.timings_ms["total"]})
         table.add_row(escape(q["question"]), escape(q["answer"]), escape(res.answer), "[green]yes[/]" if em else "[red]no[/]")
     n = max(len(qs), 1)
     summary = {"n": len(qs), "k": k, "pool": pool, "em": 100 * em_sum / n, "f1": 100 * f1_sum / n,
-               "recall_at_k": 100 * hits / n}
+               "recall_at_k": 100 * hits / n, "recall_all_at_k": 100 * hits_all / n}
     if json_out:
         _print_json({**summary, "results": rows})
         return

@@ -64,11 +64,14 @@ def best_em_f1(prediction: str, golds: list[str]) -> tuple[float, float]:
     return em, f1
 
 
-def gold_retrieved(retrieved_ids: list[str], gold_ids: list[str]) -> bool:
-    """True if a retrieved passage is a gold one: the same id, or a chunk ``GOLD-i`` that indexing cut from it."""
-    gold = set(gold_ids)
+def gold_retrieved(retrieved_ids: list[str], gold_ids: list[str], require_all: bool = False) -> bool:
+    """True if a retrieved passage is a gold one (every gold one with ``require_all``): the same id, or a chunk
+    ``GOLD-i`` that indexing cut from it."""
+    found = set()
     for rid in retrieved_ids:
         head, _, tail = rid.rpartition("-")
-        if rid in gold or (tail.isdigit() and head in gold):
-            return True
-    return False
+        found.add(rid)
+        if tail.isdigit():
+            found.add(head)
+    hit = [g in found for g in gold_ids]
+    return bool(hit) and (all(hit) if require_all else any(hit))

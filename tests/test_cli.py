@@ -302,7 +302,7 @@ def test_ask_questions_file_json(built, questions_file):
     obj = one_json(run("ask", "--questions", questions_file, "--index", built["out"], "--k", "2", *ASK, "--json"))
     assert obj["n"] == 2 and obj["k"] == 2 and obj["pool"] == "mean"
     assert 0 <= obj["em"] <= 100 and 0 <= obj["f1"] <= 100
-    assert obj["recall_at_k"] == 100.0  # each question's own passage is among its top 2
+    assert obj["recall_at_k"] == obj["recall_all_at_k"] == 100.0  # each question's own passage is among its top 2
     assert len(obj["results"]) == 2
     for row, expected in zip(obj["results"], ("Murano", "Mauna Loa")):
         assert {"question", "expected", "answer", "em", "f1", "gold_retrieved", "total_ms"} <= set(row)

@@ -170,3 +170,5 @@ def test_gold_retrieved_matches_ids_and_their_chunks():
     assert gold_retrieved(["squad-00012-1"], ["squad-00012"])  # a chunk cut from the gold paragraph at indexing
     assert not gold_retrieved(["squad-00013", "squad-00012x-1"], ["squad-00012"])
     assert not gold_retrieved([], ["g"])
+    assert gold_retrieved(["a-0", "x"], ["a", "b"]) and not gold_retrieved(["a-0", "x"], ["a", "b"], require_all=True)
+    assert gold_retrieved(["a-0", "b"], ["a", "b"], require_all=True)
