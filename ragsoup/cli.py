@@ -177,7 +177,7 @@ def _render_answer(res, json_out: bool, title: str) -> None:
     console.print(" | ".join(f"{name} {t[name]:.1f} ms" for name in ("retrieve", "soup", "decode", "total")))
 
 def _ask_file(engine, path: Path, k: int, pool: str, max_new_tokens: int, json_out: bool, batch_size: int = 16) -> None:
-    """Answer every question of a questions.jsonl file, batch_size at a time; print each and the EM/F1 totals."""
+    """Answer every question of a questions.jsonl file, batch_size at a time; print each, EM/F1 and recall@k."""
     from ragsoup.metrics import best_em_f1, gold_retrieved
     from ragsoup.tasks.files import read_questions
 
@@ -256,7 +256,8 @@ def train(
     base = dict(PRESETS[preset]) if preset else {}
     given = dict(out=out, tasks=tasks, mode=mode, pool=pool, k_min=k_min, k_max=k_max, k_ramp_steps=k_ramp_steps,
                  steps=steps, batch_size=batch_size, lr=lr, warmup_steps=warmup_steps, passage_chars=passage_chars,
-                 seed=seed, ckpt_group=ckpt_group, eval_every=eval_every, eval_ks=eval_ks, save_every=save_every, init=init, tokenizer=tokenizer, extra_questions=extra_questions, bank_size=bank_size,
+                 seed=seed, ckpt_group=ckpt_group, eval_every=eval_every, eval_ks=eval_ks, save_every=save_every,
+                 init=init, tokenizer=tokenizer, extra_questions=extra_questions, bank_size=bank_size,
                  bank_refresh=bank_refresh, fresh_max=fresh_max, until=until, squad=squad)
     base.update({k: v for k, v in given.items() if v is not None})
     if freeze_encoder:
@@ -388,7 +389,7 @@ def make_corpus_cmd(
     data: Optional[Path] = typer.Option(None, "--data", help="squad: the SQuAD v1.1 JSON (.json or .json.gz)."),
     split: str = typer.Option("val", help="squad: articles of ragsoup's held-out split (val), the rest (train) or all."),
 ) -> None:
-    """Write a generated corpus (needle, two-hop, or demo = both) and its questions file."""
+    """Write a corpus and its questions file: generated (needle, two-hop, demo = both) or from SQuAD (squad)."""
     import sys
 
     from ragsoup.tasks.files import make_corpus, make_squad_corpus
