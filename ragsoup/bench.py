@@ -334,6 +334,7 @@ class BenchConfig:
     bandwidth_bytes: int = 256 << 20
     query_batch: int = 1  # soup: questions answered together (Engine.ask_batch); latencies are then per question
     cache_mb: float = 2048.0  # on a GPU: hot state rows kept on the device (LRU)
+    embedder: str | None = None  # a sentence-transformers directory (default: the bundled MiniLM)
 
     @classmethod
     def quick(cls, **overrides: Any) -> "BenchConfig":
@@ -422,6 +423,8 @@ def prepare_index(cfg: BenchConfig, progress: Progress | None = None) -> tuple[P
                            f"{cfg.passages}: raise --passages or lower --queries")
     params = {"task": cfg.task, "passages": cfg.passages, "corpus_queries": corpus_queries, "seed": cfg.seed,
               "passage_chars": passage_chars, "model_fingerprint": fp}
+    if cfg.embedder:
+        params["embedder"] = str(Path(cfg.embedder).expanduser().resolve())
     stamp = cache / "bench.json"
     reuse = False
     if (index_dir / "manifest.json").exists() and stamp.exists():
@@ -444,7 +447,7 @@ def prepare_index(cfg: BenchConfig, progress: Progress | None = None) -> tuple[P
                 progress({"embed": "embedding", "encode": "state encoding"}.get(stage, stage), done, total)
 
         build_index(corpus_dir / CORPUS_FILE, index_dir, model=str(path), batch_size=cfg.batch_size,
-                    device=cfg.device, chunk_chars=max(600, 2 * passage_chars + 100),
+                    device=cfg.device, chunk_chars=max(600, 2 * passage_chars + 100), embedder=cfg.embedder,
                     progress=on_build if progress else None)
         stamp.write_text(json.dumps(params, indent=2) + "\n")
         seconds = time.perf_counter() - t0

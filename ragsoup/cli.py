@@ -60,6 +60,7 @@ def index(
     factory: str = typer.Option("Flat", help="FAISS index factory string (inner product), e.g. IVF256,Flat for big corpora."),
     chunk_chars: int = typer.Option(600, help="Maximum passage length in characters (sentence-aware chunking)."),
     state_dtype: str = typer.Option("float16", help="float16 or float32."),
+    embedder: Optional[str] = typer.Option(None, help="A local sentence-transformers model directory (default: the bundled all-MiniLM-L6-v2)."),
     threads: Optional[int] = typer.Option(None, help="torch CPU threads (default: torch's choice)."),
     json_out: bool = typer.Option(False, "--json", help="Print one JSON object instead of tables."),
 ) -> None:
@@ -88,7 +89,7 @@ def index(
             prog.update(tasks[stage], completed=done, total=total, rate=rate)
 
         rep = build_index(corpus, out, model=model, batch_size=batch_size, device=device, factory=factory,
-                          chunk_chars=chunk_chars, state_dtype=state_dtype, progress=None if json_out else on_progress)
+                          embedder=embedder, chunk_chars=chunk_chars, state_dtype=state_dtype, progress=None if json_out else on_progress)
     if json_out:
         from dataclasses import asdict
 
@@ -474,6 +475,7 @@ def bench(
     seed: int = typer.Option(0, help="Corpus seed."),
     max_new_tokens: int = typer.Option(32, help="Answer length limit in tokens."),
     query_batch: Optional[int] = typer.Option(None, "--query-batch", help="Soup: answer this many questions together (one embedding call, one batched decode); latencies become per question."),
+    embedder: Optional[str] = typer.Option(None, help="A local sentence-transformers model directory (default: the bundled all-MiniLM-L6-v2)."),
     quick: bool = typer.Option(False, "--quick", help="About a minute on a 2-core CPU: 256 passages, 16 queries, k up to 16."),
     out: Optional[Path] = typer.Option(None, "--out", help="Also write results.json, results.csv and PNG plots here."),
     cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", help="Corpus + index cache (default .bench/<task>-<passages>-<seed>-<model>)."),
@@ -489,7 +491,8 @@ def bench(
     mode_list = tuple(m.strip() for m in modes.split(",") if m.strip())
     given = dict(task=task, k_max=k, modes=mode_list, pool=pool, queries=queries, passages=passages,
                  concat_max_k=concat_max_k, concat_queries=concat_queries, model=model, seed=seed, device=device,
-                 max_new_tokens=max_new_tokens, cache_dir=str(cache_dir) if cache_dir else None, query_batch=query_batch)
+                 max_new_tokens=max_new_tokens, cache_dir=str(cache_dir) if cache_dir else None, query_batch=query_batch,
+                 embedder=embedder)
     cfg = BenchConfig.quick(**given) if quick else BenchConfig(**{k_: v for k_, v in given.items() if v is not None})
     with _progress() as prog:
         bars: dict[str, int] = {}

@@ -706,3 +706,16 @@ def test_ablation_arms_print_train_commands_the_cli_accepts():
         assert set(flags) <= known, (arm, set(flags) - known)
         ctx = train_cmd.make_context("train", words[2:])  # parses: every value has the option's type
         assert ctx.params["out"] == f"runs/ablation-{arm}"
+
+
+def test_index_and_bench_take_a_local_embedder_directory(tmp_path):
+    """--embedder reaches the build: a directory that is not there is named in one error line, exit code 1."""
+    corpus = tmp_path / "c"
+    corpus.mkdir()
+    (corpus / "a.txt").write_text("A short passage about glass made near Venice.")
+    missing = tmp_path / "no-such-embedder"
+    for args in (("index", corpus, "--out", tmp_path / "idx"),
+                 ("bench", "--quick", "--modes", "soup", "--cache-dir", tmp_path / "b")):
+        r = run(*args, "--embedder", missing)
+        assert r.exit_code == 1, r.output
+        assert "no-such-embedder" in flat(r.output) and "Traceback" not in r.output
