@@ -43,7 +43,13 @@ from ragsoup.train import PRESETS, TrainConfig, train
 
 BUDGET = dict(tasks="needle:1,needle-distractor:1", k_min=1, k_max=8, k_ramp_steps=300, steps=1000, batch_size=8,
               lr=1e-3, warmup_steps=30, passage_chars=200, eval_every=0, save_every=250, ckpt_group=0, seed=0)
-BASE, BASE_T = "runs/ablation-reader/last", "runs/ablation-reader-transformer/last"
+def last(preset: str) -> str:
+    """The final checkpoint of a preset's run."""
+    return str(Path(PRESETS[preset]["out"]) / "last")
+
+
+BASE, BASE_T = last("ablation-reader"), last("ablation-reader-transformer")
+BASE_PRESET = {BASE: "ablation-reader", BASE_T: "ablation-reader-transformer"}  # an arm's init -> the preset making it
 BASE_ARMS = {  # arms that evaluate a base reader as it is: arm -> (preset, mode)
     "no-finetune": ("ablation-reader", "soup"), "base-concat": ("ablation-reader", "concat"),
     "kv-no-finetune": ("ablation-reader-transformer", "soup"), "kv-base-concat": ("ablation-reader-transformer", "concat"),
@@ -63,7 +69,8 @@ ARMS: dict[str, dict] = {
 }
 EVAL = [("needle", 1), ("needle", 4), ("needle", 8), ("needle", 16), ("needle", 64), ("needle-distractor", 4),
         ("longdoc", 16), ("longdoc", 64)]
-EVAL_256 = ("no-finetune", "full", "full-k64", "max", "sum", "kv-transformer-k64")  # arms also scored at k = 256 (generalisation, pooling)
+# arms also scored at k = 256 (generalisation, pooling)
+EVAL_256 = ("no-finetune", "full", "full-k64", "max", "sum", "kv-transformer-k64")
 
 
 def command(arm: str, cfg: dict) -> str:
@@ -146,12 +153,12 @@ def main(argv: list[str] | None = None) -> int:
         elif arm in BASE_ARMS:
             preset, mode = BASE_ARMS[arm]
             ensure_base(preset)
-            model, enc, wall, pool = str(Path(PRESETS[preset]["out"]) / "last"), None, 0.0, "mean"
+            model, enc, wall, pool = last(preset), None, 0.0, "mean"
         else:
             if arm not in ARMS:
                 print(f"unknown arm {arm}: use {', '.join([*BASE_ARMS, *ARMS])}", file=sys.stderr)
                 return 1
-            ensure_base("ablation-reader-transformer" if arm.startswith("kv-") else "ablation-reader")
+            ensure_base(BASE_PRESET[ARMS[arm]["init"]])
             model, enc, wall = ensure_arm(arm)
             cfg = {**BUDGET, **ARMS[arm]}
             mode, pool = cfg.get("mode", "soup"), cfg.get("pool", "mean")
