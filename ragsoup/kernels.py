@@ -159,13 +159,11 @@ def causal_conv(u: Tensor, weight: Tensor, bias: Tensor | None, initial_state: T
     if ops is None or ops.conv is None:
         out, padded = ssd.causal_conv(u, weight, bias, initial_state)
         return out, ssd.conv_state_at(padded, lengths, w)
-    b, l, d = u.shape
-    prefix = u.new_zeros(b, d, w - 1) if initial_state is None else initial_state.to(u.dtype)
+    padded = ssd.conv_input(u, w, initial_state)  # [b, d, w-1+l]: the conv state is read from it as in the reference
     x = u.contiguous().transpose(1, 2)  # [b, d, l], dense channel-last, as the kernel wants with initial states
-    init = prefix.transpose(1, 2).contiguous().transpose(1, 2)
+    init = padded[..., : w - 1].transpose(1, 2).contiguous().transpose(1, 2)
     out = ops.conv(x, weight[:, 0, :], bias, initial_states=init, activation=None)
-    state = ssd.conv_state_at(torch.cat([prefix, x], dim=-1), lengths, w)
-    return out.transpose(1, 2), state
+    return out.transpose(1, 2), ssd.conv_state_at(padded, lengths, w)
 
 
 def conv_step(state: Tensor, u: Tensor, weight: Tensor, bias: Tensor | None) -> tuple[Tensor, Tensor]:

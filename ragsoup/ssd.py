@@ -114,12 +114,16 @@ def causal_conv(
 
     The padded input is returned so that callers can read the final conv state at any length.
     """
-    b, l, d = u.shape
-    w = weight.size(-1)
-    prefix = u.new_zeros(b, d, w - 1) if initial_state is None else initial_state.to(u.dtype)
-    padded = torch.cat([prefix, u.transpose(1, 2)], dim=-1)  # [b, d, w-1+l]
-    out = F.conv1d(padded, weight, bias, groups=d)  # [b, d, l]
+    padded = conv_input(u, weight.size(-1), initial_state)
+    out = F.conv1d(padded, weight, bias, groups=u.size(-1))  # [b, d, l]
     return out.transpose(1, 2), padded
+
+
+def conv_input(u: Tensor, width: int, initial_state: Tensor | None = None) -> Tensor:
+    """The conv's input: the w-1 state inputs (zeros without a state) then u [b, l, d] -> [b, d, w-1+l]."""
+    b, _, d = u.shape
+    prefix = u.new_zeros(b, d, width - 1) if initial_state is None else initial_state.to(u.dtype)
+    return torch.cat([prefix, u.transpose(1, 2)], dim=-1)
 
 
 def conv_state_at(padded: Tensor, lengths: Tensor | None, width: int) -> Tensor:
