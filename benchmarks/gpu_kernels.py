@@ -19,17 +19,11 @@ import subprocess
 import sys
 import time
 
-CHILD = r"""
+PRELUDE = r"""
 import json, sys, time, torch
-from ragsoup import kernels
-from ragsoup.model import Mamba2Config, Mamba2LM
-from ragsoup.train import PRESETS, TrainConfig, loss_on_batch, make_batch
-from ragsoup.tokenizer import ByteTokenizer
 a = json.loads(sys.argv[1])
 dev = a["device"]
 sync = torch.cuda.synchronize if dev == "cuda" else (lambda: None)
-torch.manual_seed(0)
-out = {"backend": kernels.active_backend(dev), "note": kernels.status_note()}
 
 def timed(fn, reps):
     fn(); sync()
@@ -38,6 +32,15 @@ def timed(fn, reps):
         fn()
     sync()
     return (time.perf_counter() - t) / reps
+"""  # shared by the measurements below, each run in its own interpreter
+
+CHILD = r"""
+from ragsoup import kernels
+from ragsoup.model import Mamba2Config, Mamba2LM
+from ragsoup.train import PRESETS, TrainConfig, loss_on_batch, make_batch
+from ragsoup.tokenizer import ByteTokenizer
+torch.manual_seed(0)
+out = {"backend": kernels.active_backend(dev), "note": kernels.status_note()}
 
 # 1. state encoding: tokens/s of independent passages, batch as ragsoup index batches them
 for name, conf, length in (("default", PRESETS["default"]["model"], 64), ("wiki-small", {"d_model": 384, "n_layer": 8,
@@ -74,25 +77,17 @@ print("RESULT " + json.dumps(out))
 """
 
 SOUP = r"""
-import json, sys, time, torch
 from ragsoup.model import Mamba2Config
 from ragsoup.statecache import DeviceStateCache
 from ragsoup.store import segments
 from ragsoup.train import PRESETS
-a = json.loads(sys.argv[1])
-dev, k = a["device"], 256
-sync = torch.cuda.synchronize if dev == "cuda" else (lambda: None)
+k = 256
 cfg = Mamba2Config.from_dict(PRESETS["default"]["model"])
 D, n = cfg.state_numel(), 1024
 host = torch.randn(n, D).to(torch.float16)  # stands in for the memory-mapped store
 cache = DeviceStateCache(host, dev, budget_mb=n * D * 2 / 2**20 + 1)
 idx = torch.randperm(n)[:k].tolist()
 segs = segments(cfg)
-def timed(fn, reps):
-    fn(); sync(); t = time.perf_counter()
-    for _ in range(reps):
-        fn()
-    sync(); return (time.perf_counter() - t) / reps
 cold = timed(lambda: DeviceStateCache(host, dev, budget_mb=k * D * 2 / 2**20 + 1).soup(idx, "mean", segs), 3)
 hot = timed(lambda: cache.soup(idx, "mean", segs), 50)   # every row resident after the first call
 big = torch.empty(256 * 2**20 // 2, dtype=torch.float16, device=dev)
@@ -107,7 +102,7 @@ print("RESULT " + json.dumps({"soup_k256_hot_ms": hot * 1e3, "soup_k256_cold_ms"
 
 def child(code: str, args: dict, env: dict) -> dict:
     """Run one measurement in a fresh interpreter; its last RESULT line as a dict."""
-    r = subprocess.run([sys.executable, "-c", code, json.dumps(args)], capture_output=True, text=True,
+    r = subprocess.run([sys.executable, "-c", PRELUDE + code, json.dumps(args)], capture_output=True, text=True,
                        env={**os.environ, **env})
     lines = [ln for ln in r.stdout.splitlines() if ln.startswith("RESULT ")]
     if r.returncode or not lines:
