@@ -89,7 +89,8 @@ def index(
             prog.update(tasks[stage], completed=done, total=total, rate=rate)
 
         rep = build_index(corpus, out, model=model, batch_size=batch_size, device=device, factory=factory,
-                          embedder=embedder, chunk_chars=chunk_chars, state_dtype=state_dtype, progress=None if json_out else on_progress)
+                          embedder=embedder, chunk_chars=chunk_chars, state_dtype=state_dtype,
+                          progress=None if json_out else on_progress)
     if json_out:
         from dataclasses import asdict
 

@@ -66,7 +66,7 @@ def best_em_f1(prediction: str, golds: list[str]) -> tuple[float, float]:
 
 def gold_retrieved(retrieved_ids: list[str], gold_ids: list[str], require_all: bool = False) -> bool:
     """True if a retrieved passage is a gold one (every gold one with ``require_all``): the same id, or a chunk
-    ``GOLD-i`` that indexing cut from it."""
+    ``GOLD-i`` that indexing cut from it (the id scheme of ``corpus._Collector.add_text`` for records with ids)."""
     found = set()
     for rid in retrieved_ids:
         head, _, tail = rid.rpartition("-")
