@@ -90,12 +90,6 @@ def fused_ops() -> FusedOps | None:
     return FusedOps(scan, update, conv, conv_update)
 
 
-def fused_scan() -> Callable | None:
-    """mamba_ssm's Triton SSD scan when usable here, else None."""
-    ops = fused_ops()
-    return ops.chunk_scan if ops else None
-
-
 def status_note() -> str:
     """One line saying which kernels run and why."""
     fused_ops()

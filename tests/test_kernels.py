@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 from ragsoup import kernels, ssd
 from ragsoup.cli import app
 
-HAS_FUSED = torch.cuda.is_available() and kernels.fused_scan() is not None
+HAS_FUSED = torch.cuda.is_available() and kernels.fused_ops() is not None
 
 
 def _inputs(device, dtype, b=2, l=300, h=4, p=16, n=32, g=1, seed=0):
@@ -49,7 +49,7 @@ def test_doctor_json_reports_environment():
 @pytest.mark.parametrize("dtype,tol", [(torch.float32, 2e-3), (torch.bfloat16, 5e-2)])
 def test_fused_scan_matches_reference_with_initial_states(dtype, tol):
     x, dt, A, B, C, s0 = _inputs("cuda", dtype)
-    y_f, s_f = kernels.fused_scan()(x, dt, A, B, C, 64, initial_states=s0, return_final_states=True)
+    y_f, s_f = kernels.fused_ops().chunk_scan(x, dt, A, B, C, 64, initial_states=s0, return_final_states=True)
     y_r, s_r = ssd.ssd_chunked(x.float(), dt, A, B.float(), C.float(), 64, s0)
     torch.testing.assert_close(y_f.float(), y_r, rtol=tol, atol=tol * y_r.abs().max().item())
     torch.testing.assert_close(s_f.float(), s_r, rtol=tol, atol=tol * s_r.abs().max().item())
@@ -118,12 +118,11 @@ def test_cpu_step_and_conv_ops_are_the_reference():
     torch.testing.assert_close(st1, ssd.conv_state_at(padded, torch.ones(b, dtype=torch.long), w))
 
 
-FUSED_STEP = torch.cuda.is_available() and kernels.fused_ops() is not None
-FUSED_CONV = FUSED_STEP and kernels.fused_ops().conv is not None
+FUSED_CONV = HAS_FUSED and kernels.fused_ops().conv is not None
 
 
 @pytest.mark.gpu
-@pytest.mark.skipif(not FUSED_STEP, reason="needs CUDA and the mamba_ssm Triton kernels (ragsoup[gpu])")
+@pytest.mark.skipif(not HAS_FUSED, reason="needs CUDA and the mamba_ssm Triton kernels (ragsoup[gpu])")
 @pytest.mark.parametrize("g", [1, 2])
 def test_fused_step_matches_reference(g):
     gen = torch.Generator().manual_seed(2)
