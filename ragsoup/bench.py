@@ -177,10 +177,11 @@ def run_eval(task: str, data: str | Path | None = None, k: int = 5, mode: str = 
              batch_size: int = 8, max_new_tokens: int = 32, max_tokens: int = 1024,
              on_start: Callable[[int], None] | None = None,
              on_batch: Callable[[int], None] | None = None, filler: str | Path | None = None,
-             encoder: str | Path | None = None, split: str = "all") -> EvalResult:
+             encoder: str | Path | None = None, split: str = "all", passage_chars: int | None = None) -> EvalResult:
     """Predict and score `task` examples (gold + distractor passages given, no retrieval); EM/F1 in percent.
 
     ``encoder``: a checkpoint that encodes the passages instead of ``model`` (decoder-only finetuned models).
+    ``passage_chars``: generated tasks' passage length (default: the length the model was trained on).
     """
     from ragsoup.checkpoint import load_model
     from ragsoup.device import pick_device
@@ -193,9 +194,12 @@ def run_eval(task: str, data: str | Path | None = None, k: int = 5, mode: str = 
     _check_positive("--batch-size", batch_size)
     if task not in EVAL_TASKS:  # before loading anything
         raise RagsoupError(f"unknown task '{task}': use one of {', '.join(EVAL_TASKS)}")
-    passage_chars = DEFAULT_PASSAGE_CHARS
-    if task in EVAL_GENERATED_TASKS and data is None:
+    if passage_chars is not None:
+        _check_positive("--passage-chars", passage_chars)
+    elif task in EVAL_GENERATED_TASKS and data is None:
         passage_chars = trained_passage_chars(model_info(model)[2])
+    else:
+        passage_chars = DEFAULT_PASSAGE_CHARS
     examples = eval_examples(task, data, k, limit, seed, passage_chars, filler, split)
     loaded = load_model(model, device=pick_device(device))
     enc = None
@@ -335,6 +339,7 @@ class BenchConfig:
     query_batch: int = 1  # soup: questions answered together (Engine.ask_batch); latencies are then per question
     cache_mb: float = 2048.0  # on a GPU: hot state rows kept on the device (LRU)
     embedder: str | None = None  # a sentence-transformers directory (default: the bundled MiniLM)
+    passage_chars: int | None = None  # generated passages' length (default: the length the model was trained on)
 
     @classmethod
     def quick(cls, **overrides: Any) -> "BenchConfig":
@@ -403,6 +408,14 @@ def _norm_text(s: str) -> str:
     return " ".join(s.split())
 
 
+def bench_passage_chars(cfg: BenchConfig, meta: dict) -> int:
+    """The generated passages' length: --passage-chars, else the length the model was trained on."""
+    if cfg.passage_chars is None:
+        return trained_passage_chars(meta)
+    _check_positive("--passage-chars", cfg.passage_chars)
+    return cfg.passage_chars
+
+
 def prepare_index(cfg: BenchConfig, progress: Progress | None = None) -> tuple[Path, list[dict], dict, float]:
     """Generate the corpus and index it like `ragsoup index` into the cache dir (reused when it matches).
 
@@ -412,8 +425,11 @@ def prepare_index(cfg: BenchConfig, progress: Progress | None = None) -> tuple[P
     from ragsoup.tasks.files import CORPUS_FILE, make_corpus, read_corpus, read_questions
 
     path, fp, meta = model_info(cfg.model)
-    passage_chars = trained_passage_chars(meta)
-    cache = Path(cfg.cache_dir) if cfg.cache_dir else Path(".bench") / f"{cfg.task}-{cfg.passages}-{cfg.seed}-{fp}"
+    passage_chars = bench_passage_chars(cfg, meta)
+    name = f"{cfg.task}-{cfg.passages}-{cfg.seed}-{fp}"
+    if passage_chars != trained_passage_chars(meta):
+        name += f"-{passage_chars}c"
+    cache = Path(cfg.cache_dir) if cfg.cache_dir else Path(".bench") / name
     corpus_dir, index_dir = cache / "corpus", cache / "index"
     per_q = 2 if cfg.task == "two-hop" else 1
     # a fixed number of questions per corpus (1 in 8 passages), so --queries does not change the corpus
@@ -609,7 +625,7 @@ def run_bench(cfg: BenchConfig, progress: Progress | None = None) -> BenchResult
     result = BenchResult(task=cfg.task, model=str(engine.loaded.path), model_fingerprint=engine.loaded.fingerprint,
                          device=device, bandwidth_gbps=round(bandwidth, 3), threads=torch.get_num_threads(),
                          n_passages=len(engine.passages),
-                         passage_chars=trained_passage_chars(engine.loaded.meta), index_dir=str(index_dir),
+                         passage_chars=bench_passage_chars(cfg, engine.loaded.meta), index_dir=str(index_dir),
                          index_seconds=round(index_seconds, 2))
     for mode in cfg.modes:
         for k in ks:

@@ -427,6 +427,7 @@ def eval_cmd(
     filler: Optional[Path] = typer.Option(None, help="Generated tasks: haystack from this prose (.txt or Gutenberg .jsonl.gz) instead of template filler."),
     split: str = typer.Option("all", help="SQuAD: all questions of --data, or the train / val side of ragsoup's by-article split."),
     encoder: Optional[str] = typer.Option(None, help="A separate checkpoint that encodes the passages (decoder-only finetuned models: their OUT/encoder)."),
+    passage_chars: Optional[int] = typer.Option(None, "--passage-chars", help="Generated tasks: characters per passage (default: the length the model was trained on)."),
     json_out: bool = typer.Option(False, "--json", help="Print exactly one JSON object."),
 ) -> None:
     """Answer quality alone: each question's gold + distractor passages are given (no retrieval)."""
@@ -449,7 +450,7 @@ def eval_cmd(
 
         res = run_eval(task, data, k=k, mode=mode, pool=pool, limit=limit, model=model, seed=seed, device=device,
                        batch_size=batch_size, max_new_tokens=max_new_tokens, on_start=on_start, on_batch=on_batch,
-                       filler=filler, encoder=encoder, split=split)
+                       filler=filler, encoder=encoder, split=split, passage_chars=passage_chars)
     if json_out:
         _print_json(res.to_json())
         return
@@ -477,6 +478,7 @@ def bench(
     max_new_tokens: int = typer.Option(32, help="Answer length limit in tokens."),
     query_batch: Optional[int] = typer.Option(None, "--query-batch", help="Soup: answer this many questions together (one embedding call, one batched decode); latencies become per question."),
     embedder: Optional[str] = typer.Option(None, help="A local sentence-transformers model directory (default: the bundled all-MiniLM-L6-v2)."),
+    passage_chars: Optional[int] = typer.Option(None, "--passage-chars", help="Characters per generated passage (default: the length the model was trained on; ragsoup index chunks at 600)."),
     quick: bool = typer.Option(False, "--quick", help="About a minute on a 2-core CPU: 256 passages, 16 queries, k up to 16."),
     out: Optional[Path] = typer.Option(None, "--out", help="Also write results.json, results.csv and PNG plots here."),
     cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", help="Corpus + index cache (default .bench/<task>-<passages>-<seed>-<model>)."),
@@ -493,7 +495,7 @@ def bench(
     given = dict(task=task, k_max=k, modes=mode_list, pool=pool, queries=queries, passages=passages,
                  concat_max_k=concat_max_k, concat_queries=concat_queries, model=model, seed=seed, device=device,
                  max_new_tokens=max_new_tokens, cache_dir=str(cache_dir) if cache_dir else None, query_batch=query_batch,
-                 embedder=embedder)
+                 embedder=embedder, passage_chars=passage_chars)
     cfg = BenchConfig.quick(**given) if quick else BenchConfig(**{k_: v for k_, v in given.items() if v is not None})
     with _progress() as prog:
         bars: dict[str, int] = {}
@@ -513,7 +515,7 @@ def bench(
         _print_json(res.to_json())
         return
     fmt = lambda v, f="{:.1f}": "-" if v is None else f.format(v)  # noqa: E731
-    table = Table(title=f"{res.task}: {res.n_passages} passages, {res.device}, pool {cfg.pool}")
+    table = Table(title=f"{res.task}: {res.n_passages} passages of ~{res.passage_chars} characters, {res.device}, pool {cfg.pool}")
     for c in ("mode", "k", "n", "EM", "F1", "R@k", "p50 ms", "p95 ms", "peak MB", "state MB/q"):
         table.add_column(c, justify="left" if c == "mode" else "right")
     for r in res.rows:

@@ -84,8 +84,8 @@ class RMSNorm(nn.Module):
         """RMS-normalise x (gated by silu(z) first when z is given, as mamba_ssm's norm_before_gate=False)."""
         if z is not None:
             x = x * F.silu(z)
-        if self.group_size == x.shape[-1]:  # one group: no reshapes (the common case, and the per-token step's)
-            return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps) * self.weight
+        if self.group_size == x.shape[-1]:  # one group: torch's fused op (the common case, and the per-token step's)
+            return F.rms_norm(x, (self.group_size,), self.weight, self.eps)
         shape = x.shape
         xg = x.reshape(*shape[:-1], -1, self.group_size)
         xg = xg * torch.rsqrt(xg.pow(2).mean(-1, keepdim=True) + self.eps)

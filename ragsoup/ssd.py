@@ -102,7 +102,7 @@ def ssd_recurrent(
 def ssm_step(s: Tensor, x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor) -> tuple[Tensor, Tensor]:
     """One recurrence step. s [b,h,p,n], x [b,h,p], dt [b,h], B/C [b,h,n] per head (or [b,1,n], shared) -> (y, s')."""
     decay = torch.exp(dt * A)[..., None, None]  # [b,h,1,1]
-    s = s * decay + (x * dt[..., None])[..., None] * B[:, :, None, :]
+    s = torch.addcmul(s * decay, (x * dt[..., None])[..., None], B[:, :, None, :])
     y = (s @ C[..., None]).squeeze(-1)  # [b,h,p]
     return y, s
 

@@ -101,7 +101,17 @@ def test_bench_concat_caps(tiny_model, quick_run):
     assert [r["k"] for r in concat] == [1, 2] and all(r["n_queries"] == 2 for r in concat)
 
 
+def test_bench_passage_chars_builds_its_own_corpus(tiny_model, tmp_path):
+    from ragsoup.tasks.files import read_corpus
+
+    obj = _bench(tiny_model, tmp_path / "long", "--modes", "soup", "--k", "1", "--passage-chars", "240")
+    assert obj["passage_chars"] == 240 and obj["index_seconds"] > 0
+    lengths = [len(r["text"]) for r in read_corpus(tmp_path / "long" / "corpus")]
+    assert 200 <= sum(lengths) / len(lengths) <= 280  # the tiny model was trained on 60
+
+
 @pytest.mark.parametrize("args, message", [
+    (["--passage-chars", "0"], "--passage-chars must be at least 1"),
     (["--task", "squad"], "unknown bench task"),
     (["--modes", "soup,stack"], "unknown mode"),
     (["--pool", "median"], "unknown pooling"),

@@ -172,3 +172,22 @@ def test_gold_retrieved_matches_ids_and_their_chunks():
     assert not gold_retrieved([], ["g"])
     assert gold_retrieved(["a-0", "x"], ["a", "b"]) and not gold_retrieved(["a-0", "x"], ["a", "b"], require_all=True)
     assert gold_retrieved(["a-0", "b"], ["a", "b"], require_all=True)
+
+
+def test_eval_passage_chars_sets_generated_passage_length(tiny_model, monkeypatch):
+    import ragsoup.bench as bench
+
+    seen = []
+    real = bench.eval_examples
+
+    def spy(task, data, k, limit, seed, passage_chars=bench.DEFAULT_PASSAGE_CHARS, *rest):
+        seen.append(passage_chars)
+        return real(task, data, k, limit, seed, passage_chars, *rest)
+
+    monkeypatch.setattr(bench, "eval_examples", spy)
+    base = ["eval", "--task", "needle", "--k", "2", "--limit", "2", "--model", str(tiny_model), "--json"]
+    assert _json(_run(base))["n"] == 2
+    assert _json(_run([*base, "--passage-chars", "300"]))["n"] == 2
+    assert seen == [60, 300]  # the tiny model's trained length, then the option
+    r = CliRunner().invoke(app, [*base, "--passage-chars", "0"])
+    assert r.exit_code == 1 and "--passage-chars must be at least 1" in r.stderr
