@@ -48,11 +48,26 @@ def concat_ids(tok: Tokenizer, passages: Sequence[str], max_tokens: int = 1024) 
     return ids
 
 
+# On a CPU one encode call over a whole long concatenation is slower than the same tokens in blocks carrying the
+# state (measured with the default model, 2 cores: 38,400 tokens 7.2k tok/s in one call, 17.8k in 512-token blocks;
+# 12,800 tokens 13.9k vs 17.3k): the chunked scan's intermediates outgrow the caches. The result is the same.
+CPU_CONCAT_BLOCK = 512
+
+
 @torch.inference_mode()
-def concat_states(model: Mamba2LM, tok: Tokenizer, passages: Sequence[str], max_tokens: int = 1024) -> States:
-    """State after reading all passages concatenated (what ordinary RAG re-encodes every query)."""
+def concat_states(model: Mamba2LM, tok: Tokenizer, passages: Sequence[str], max_tokens: int = 1024,
+                  block: int | None = None) -> States:
+    """State after reading all passages concatenated (what ordinary RAG re-encodes every query).
+
+    ``block``: tokens per encode call, the state carried between calls (default: 512 on a CPU, all at once on a GPU).
+    """
     ids = torch.tensor([concat_ids(tok, passages, max_tokens)], device=model.device)
-    return model.encode(ids)
+    if block is None:
+        block = CPU_CONCAT_BLOCK if model.device.type == "cpu" else ids.size(1)
+    states = None
+    for start in range(0, ids.size(1), max(1, block)):
+        states = model.encode(ids[:, start : start + block], states=states)
+    return states
 
 
 def batch_states(states_list: Sequence[States]) -> States:

@@ -278,6 +278,19 @@ def test_soup_state_is_the_mean_of_single_passage_states():
     assert cs[0].ssm.shape == souped[0].ssm.shape == (1, m.cfg.nheads, m.cfg.headdim, m.cfg.d_state)
 
 
+@pytest.mark.parametrize("block", [1, 7, 64, 10_000])
+def test_concat_states_in_blocks_equal_one_pass(block):
+    m, tok = _model(), ByteTokenizer()
+    docs = _examples(1, k=4)[0].docs
+    ids = torch.tensor([concat_ids(tok, docs)])
+    assert ids.size(1) > 64  # several blocks for all but the last case
+    with torch.no_grad():
+        whole = m.encode(ids)
+    for a, b in zip(concat_states(m, tok, docs, block=block), whole):
+        torch.testing.assert_close(a.ssm, b.ssm, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(a.conv, b.conv, rtol=1e-4, atol=1e-5)
+
+
 @pytest.mark.parametrize("mode", ["soup", "concat"])
 def test_predict_one_string_per_example(mode):
     m, tok = _model(), ByteTokenizer()
