@@ -404,10 +404,6 @@ def sweep_ks(k_max: int, n_passages: int | None = None) -> list[int]:
     return ks
 
 
-def _norm_text(s: str) -> str:
-    return " ".join(s.split())
-
-
 def bench_passage_chars(cfg: BenchConfig, meta: dict) -> int:
     """The generated passages' length: --passage-chars, else the length the model was trained on."""
     if cfg.passage_chars is None:
@@ -416,13 +412,13 @@ def bench_passage_chars(cfg: BenchConfig, meta: dict) -> int:
     return cfg.passage_chars
 
 
-def prepare_index(cfg: BenchConfig, progress: Progress | None = None) -> tuple[Path, list[dict], dict, float]:
+def prepare_index(cfg: BenchConfig, progress: Progress | None = None) -> tuple[Path, list[dict], float]:
     """Generate the corpus and index it like `ragsoup index` into the cache dir (reused when it matches).
 
-    Returns (index dir, questions, record id -> text, seconds spent building; 0 when reused).
+    Returns (index dir, questions, seconds spent building; 0 when reused).
     """
     from ragsoup.indexdir import read_manifest
-    from ragsoup.tasks.files import CORPUS_FILE, make_corpus, read_corpus, read_questions
+    from ragsoup.tasks.files import CORPUS_FILE, make_corpus, read_questions
 
     path, fp, meta = model_info(cfg.model)
     passage_chars = bench_passage_chars(cfg, meta)
@@ -467,29 +463,7 @@ def prepare_index(cfg: BenchConfig, progress: Progress | None = None) -> tuple[P
                     progress=on_build if progress else None)
         stamp.write_text(json.dumps(params, indent=2) + "\n")
         seconds = time.perf_counter() - t0
-    questions = read_questions(corpus_dir)[: cfg.queries]
-    records = read_corpus(corpus_dir)
-    return index_dir, questions, {r["id"]: r["text"] for r in records}, seconds
-
-
-def _gold_rows(engine: Any, questions: list[dict], text_of: dict[str, str]) -> list[set[str]]:
-    """Each question's gold passages as index passage ids (the record's id, else matched by text)."""
-    id_of_text: dict[str, str] = {}
-    known: set[str] = set()
-    for p in engine.passages:
-        id_of_text.setdefault(_norm_text(p.text), p.id)
-        known.add(p.id)
-    out = []
-    for q in questions:
-        ids = set()
-        for g in q["gold_ids"]:
-            pid = g if g in known else id_of_text.get(_norm_text(text_of[g]))
-            if pid is None:
-                raise RagsoupError(f"gold passage {g} is not in the bench index (was it chunked?): delete the "
-                                   f"bench cache dir and run again")
-            ids.add(pid)
-        out.append(ids)
-    return out
+    return index_dir, read_questions(corpus_dir)[: cfg.queries], seconds
 
 
 def _sync(device: str) -> None:
@@ -533,14 +507,14 @@ def _ask_concat(engine: Any, question: str, k: int, max_new_tokens: int) -> tupl
     return answer, [engine.passages[r].id for r in rows], stages
 
 
-def bench_row(engine: Any, mode: str, k: int, questions: list[dict], gold: list[set[str]], pool: str,
+def bench_row(engine: Any, mode: str, k: int, questions: list[dict], pool: str,
               warmup: int, max_new_tokens: int, bandwidth_gbps: float,
               progress: Progress | None = None, query_batch: int = 1) -> BenchRow:
     """Run ``questions`` through one (mode, k) after ``warmup`` untimed queries; aggregate one row.
 
     Soup answers ``query_batch`` questions at a time (one embedding call, one batched decode); concat one.
     """
-    from ragsoup.metrics import best_em_f1
+    from ragsoup.metrics import best_em_f1, gold_retrieved
 
     step = query_batch if mode == "soup" else 1
 
@@ -558,13 +532,12 @@ def bench_row(engine: Any, mode: str, k: int, questions: list[dict], gold: list[
     ems, f1s, hits, hits_all, stages = [], [], [], [], []
     label = f"{mode} k={k}"
     with PeakMemory() as mem:
-        for i, (q, g, (answer, ids, st)) in enumerate(zip(questions, gold, answers(questions))):
+        for i, (q, (answer, ids, st)) in enumerate(zip(questions, answers(questions))):
             em, f1 = best_em_f1(answer, [q["answer"]])
-            got = set(ids)
             ems.append(em)
             f1s.append(f1)
-            hits.append(float(bool(got & g)))
-            hits_all.append(float(g <= got))
+            hits.append(float(gold_retrieved(ids, q["gold_ids"])))
+            hits_all.append(float(gold_retrieved(ids, q["gold_ids"], require_all=True)))
             stages.append(st)
             if progress:
                 progress(label, i + 1, len(questions))
@@ -608,12 +581,11 @@ def run_bench(cfg: BenchConfig, progress: Progress | None = None) -> BenchResult
     from ragsoup.device import pick_device
 
     device = pick_device(cfg.device)
-    index_dir, questions, text_of, index_seconds = prepare_index(cfg, progress)
+    index_dir, questions, index_seconds = prepare_index(cfg, progress)
 
     from ragsoup.ask import Engine
 
     engine = Engine(index_dir, model=str(model_info(cfg.model)[0]), device=device, cache_mb=cfg.cache_mb)
-    gold = _gold_rows(engine, questions, text_of)
     if progress:
         progress("bandwidth", 0, 1)
     bandwidth = measure_bandwidth(cfg.bandwidth_bytes)
@@ -631,8 +603,8 @@ def run_bench(cfg: BenchConfig, progress: Progress | None = None) -> BenchResult
         for k in ks:
             if mode == "concat" and k > concat_max_k:
                 continue
-            qs, gs = (questions, gold) if mode == "soup" else (questions[:concat_n], gold[:concat_n])
-            result.rows.append(bench_row(engine, mode, k, qs, gs, cfg.pool, cfg.warmup, cfg.max_new_tokens,
+            qs = questions if mode == "soup" else questions[:concat_n]
+            result.rows.append(bench_row(engine, mode, k, qs, cfg.pool, cfg.warmup, cfg.max_new_tokens,
                                          bandwidth, progress, cfg.query_batch))
     return result
 
