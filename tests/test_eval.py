@@ -191,3 +191,21 @@ def test_eval_passage_chars_sets_generated_passage_length(tiny_model, monkeypatc
     assert seen == [60, 300]  # the tiny model's trained length, then the option
     r = CliRunner().invoke(app, [*base, "--passage-chars", "0"])
     assert r.exit_code == 1 and "--passage-chars must be at least 1" in r.stderr
+
+
+def test_eval_two_hop_bridge_scores_the_country(tiny_model, monkeypatch):
+    import ragsoup.evaluate as evaluate
+
+    def answer_with(pick):
+        def fake_predict(model, tok, examples, **kw):
+            return [pick(ex.answer) for ex in examples]
+        return fake_predict
+
+    cases = [(lambda a: a, 100.0),                       # "CITY, COUNTRY"
+             (lambda a: a.split(", ")[1], 100.0),        # the country alone
+             (lambda a: "Elsewhere, " + a.split(", ")[1], 100.0),  # wrong bridge, right country
+             (lambda a: a.split(", ")[0], 0.0)]          # the city alone
+    for pick, em in cases:
+        monkeypatch.setattr(evaluate, "predict", answer_with(pick))
+        res = run_eval("two-hop-bridge", k=3, limit=4, model=str(tiny_model), device="cpu")
+        assert (res.n, res.em) == (4, em)

@@ -282,6 +282,20 @@ def test_twohop_structure() -> None:
             assert any(re.search(r" is (?:the capital of|located in|a city in) ", d) for d in others)
 
 
+def test_twohop_bridge_names_the_city_then_the_country() -> None:
+    from ragsoup.tasks.twohop import final_answer
+
+    for seed in range(10):
+        plain = twohop_example(random.Random(seed), 5)
+        bridged = generate_example("two-hop-bridge", random.Random(seed), 5)
+        assert (bridged.docs, bridged.question, bridged.gold) == (plain.docs, plain.question, plain.gold)
+        city, country = bridged.answer.split(", ")
+        assert country == plain.answer and final_answer(bridged.answer) == plain.answer
+        person = re.match(r"In which country (?:was|does) (\w+ \w+) ", bridged.question).group(1)
+        assert any(f"{person} " in d and f" in {city}." in d for d in bridged.docs)
+    assert final_answer("Soferary") == "Soferary"  # answers without a bridge pass through
+
+
 def test_twohop_single_passage() -> None:
     for seed in range(10):
         ex = twohop_example(random.Random(seed), 1)

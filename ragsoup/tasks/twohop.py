@@ -109,11 +109,14 @@ def twohop_example(
     k: int,
     filler: PassageSource | None = None,
     passage_chars: int = DEFAULT_PASSAGE_CHARS,
+    bridge: bool = False,
 ) -> SoupExample:
     """Return one two-hop example with k shuffled passages; gold = the two fact passages.
 
     With k == 1 both gold facts share the single passage (gold == [0]), so mixed-task training
     with k_min=1 still works; for k >= 2 they always sit in two different passages.
+    ``bridge``: the answer names the bridge city first ("CITY, COUNTRY"), so the decoder makes the
+    two lookups one after the other (see ``final_answer``).
     """
     check_k(k)
     check_passage_chars(passage_chars)
@@ -125,11 +128,23 @@ def twohop_example(
         rng.shuffle(facts_one)
         text = embed_sentence(rng, source, facts_one[0], passage_chars - len(facts_one[1]) - 1)
         text = insert_sentence(rng, text, facts_one[1])
-        return SoupExample(docs=[text], question=gold_chain.question, answer=gold_chain.country, gold=[0])
+        return SoupExample(docs=[text], question=gold_chain.question, answer=_answer(gold_chain, bridge), gold=[0])
     facts = [gold_chain.person_fact, gold_chain.city_fact] + _distractor_facts(rng, world, k - 2)
     docs = [embed_sentence(rng, source, f, passage_chars) for f in facts]
     docs, gold = shuffle_with_gold(rng, docs, [0, 1])
-    return SoupExample(docs=docs, question=gold_chain.question, answer=gold_chain.country, gold=gold)
+    return SoupExample(docs=docs, question=gold_chain.question, answer=_answer(gold_chain, bridge), gold=gold)
+
+
+BRIDGE_SEP = ", "
+
+
+def _answer(chain: Chain, bridge: bool) -> str:
+    return f"{chain.city}{BRIDGE_SEP}{chain.country}" if bridge else chain.country
+
+
+def final_answer(prediction: str) -> str:
+    """The country of a bridged answer ("CITY, COUNTRY" -> "COUNTRY"); other answers unchanged."""
+    return prediction.rsplit(BRIDGE_SEP, 1)[-1]
 
 
 def make_twohop_corpus(
