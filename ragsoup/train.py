@@ -111,6 +111,14 @@ PRESETS: dict[str, dict] = {
         steps=1000, batch_size=8, lr=7e-4, warmup_steps=20, passage_chars=200, eval_every=250, eval_ks="4,16,64,256",
         eval_n=32, save_every=100, ckpt_group=0, extra_questions=3, bank_size=512, bank_refresh=20, fresh_max=8,
     ),
+    # stage 4 of the shipped default model: single needles at large k (the filler bank up to 512), keeping the
+    # key-matching and two-hop data in the mix
+    "default-needle": dict(
+        out="runs/default-needle", init="runs/default-keys/last",
+        tasks="needle:4,needle-distractor:2,needle-multikey:1,two-hop:1", k_min=1, k_max=512, k_ramp_steps=50,
+        steps=1200, batch_size=8, lr=5e-4, warmup_steps=20, passage_chars=200, eval_every=400, eval_ks="16,64,256",
+        eval_n=32, save_every=100, ckpt_group=0, extra_questions=3, bank_size=512, bank_refresh=20, fresh_max=8, seed=4,
+    ),
     # stage 2 of wiki-small: soup finetuning on SQuAD training articles (gold paragraph, or its segments, plus
     # distractors from the same and other articles), k growing 1 -> 16; held-out EM on the held-out articles
     "wiki-small-squad": dict(

@@ -418,3 +418,13 @@ def test_squad_task_needs_its_file_and_unknown_tasks_are_refused(tmp_path):
         train(_cfg(out=str(tmp_path / "a"), tasks="squad:1"))
     with pytest.raises(RagsoupError, match="unknown task"):
         train(_cfg(out=str(tmp_path / "b"), tasks="needle:1,squid:1"))
+
+
+def test_presets_are_valid_and_the_shipped_chain_links_stage_to_stage():
+    for name, preset in T.PRESETS.items():
+        TrainConfig.from_dict(dict(preset))  # every preset parses
+    chain = ["default", "default-k512", "default-keys", "default-needle"]
+    for prev, nxt in zip(chain, chain[1:]):
+        assert T.PRESETS[nxt]["init"] == T.PRESETS[prev]["out"] + "/last", (prev, nxt)
+    outs = [T.PRESETS[n]["out"] for n in chain]
+    assert len(set(outs)) == len(outs)
