@@ -601,7 +601,9 @@ def run_bench(cfg: BenchConfig, progress: Progress | None = None) -> BenchResult
     ks = sweep_ks(cfg.k_max, len(engine.passages))
     concat_max_k = cfg.concat_max_k if cfg.concat_max_k is not None else cfg.k_max
     concat_n = cfg.concat_queries if cfg.concat_queries is not None else min(cfg.queries, 20)
-    result = BenchResult(task=cfg.task, model=str(engine.loaded.path), model_fingerprint=engine.loaded.fingerprint,
+    from ragsoup.checkpoint import model_label
+
+    result = BenchResult(task=cfg.task, model=model_label(engine.loaded.path), model_fingerprint=engine.loaded.fingerprint,
                          device=device, bandwidth_gbps=round(bandwidth, 3), threads=torch.get_num_threads(),
                          n_passages=len(engine.passages),
                          passage_chars=bench_passage_chars(cfg, engine.loaded.meta), index_dir=str(index_dir),

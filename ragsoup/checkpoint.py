@@ -81,6 +81,17 @@ def resolve_model_path(name_or_path: str | Path | None) -> Path:
     )
 
 
+def model_label(path: str | Path) -> str:
+    """How reports name a model: a shipped model's name, else its path (relative to the working directory if inside it)."""
+    p = Path(path).resolve()
+    if p.parent == SHIPPED_DIR.resolve():
+        return p.name
+    try:
+        return str(p.relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(p)
+
+
 MAX_SHARD_BYTES = 15 << 20  # weight files are split to at most this size (a file larger alone stays whole)
 
 

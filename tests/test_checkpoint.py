@@ -320,3 +320,15 @@ def test_export_cli_writes_a_bf16_sharded_copy(tmp_path):
     assert loaded.meta["train"] == {"passage_chars": 80} and loaded.meta["exported_from"]["dtype"] == "bfloat16"
     res = CliRunner().invoke(app, ["export", str(tmp_path / "src"), str(tmp_path / "x"), "--dtype", "int8"])
     assert res.exit_code == 1 and "unknown --dtype" in res.output
+
+
+def test_model_label_names_shipped_models_and_keeps_machine_paths_out(tmp_path, monkeypatch):
+    from ragsoup.checkpoint import SHIPPED_DIR, model_label
+
+    assert model_label(SHIPPED_DIR / "default") == "default"
+    (tmp_path / "runs" / "x").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path)
+    assert model_label(tmp_path / "runs" / "x") == "runs/x"
+    assert model_label("runs/x") == "runs/x"
+    elsewhere = tmp_path.parent / "outside-model"
+    assert model_label(elsewhere) == str(elsewhere.resolve())
