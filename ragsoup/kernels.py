@@ -32,6 +32,8 @@ from ragsoup import ssd
 
 log = logging.getLogger("ragsoup.kernels")
 
+FUSED_CONV_MAX_WIDTH = 4  # causal-conv1d's kernels take widths 2-4; wider convs (d_conv > 4) use the PyTorch conv
+
 _NOTE = {"why": "not checked yet"}
 
 
@@ -150,7 +152,7 @@ def causal_conv(u: Tensor, weight: Tensor, bias: Tensor | None, initial_state: T
     after ``lengths`` tokens of each row, or all l)."""
     ops = _ops_for(u)
     w = weight.size(-1)
-    if ops is None or ops.conv is None:
+    if ops is None or ops.conv is None or not 2 <= w <= FUSED_CONV_MAX_WIDTH:
         out, padded = ssd.causal_conv(u, weight, bias, initial_state)
         return out, ssd.conv_state_at(padded, lengths, w)
     padded = ssd.conv_input(u, w, initial_state)  # [b, d, w-1+l]: the conv state is read from it as in the reference
@@ -163,7 +165,7 @@ def causal_conv(u: Tensor, weight: Tensor, bias: Tensor | None, initial_state: T
 def conv_step(state: Tensor, u: Tensor, weight: Tensor, bias: Tensor | None) -> tuple[Tensor, Tensor]:
     """One causal conv step. state [b, d, w-1], u [b, d] -> (out [b, d], new state)."""
     ops = _ops_for(u)
-    if ops is None or ops.conv_update is None:
+    if ops is None or ops.conv_update is None or not 2 <= weight.size(-1) <= FUSED_CONV_MAX_WIDTH:
         return ssd.conv_step(state, u, weight, bias)
     st = state.to(u.dtype).clone()  # updated in place by the kernel (shifted left, u appended)
     out = ops.conv_update(u.contiguous(), st, weight[:, 0, :], bias, activation=None)

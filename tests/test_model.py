@@ -1,5 +1,7 @@
 """Mamba2 reference: the chunked scan equals the recurrence, state carries exactly, padding is inert."""
 
+from dataclasses import replace
+
 import pytest
 import torch
 
@@ -62,8 +64,9 @@ def test_model_two_pieces_equal_whole():
         torch.testing.assert_close(a.ssm, b.ssm, rtol=1e-4, atol=1e-4)
 
 
-def test_step_equals_forward():
-    m = _model()
+@pytest.mark.parametrize("d_conv", [4, 8])
+def test_step_equals_forward(d_conv):
+    m = _model(replace(TINY, d_conv=d_conv))  # 8: a widened conv (benchmarks/widen_conv.py)
     ids = torch.randint(0, TINY.vocab_size, (2, 12), generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
         logits_seq, st_seq = m(ids[:, :7])
