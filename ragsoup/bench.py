@@ -66,6 +66,15 @@ def percentile(values: Sequence[float], q: float) -> float:
     return float(np.percentile(np.asarray(values, dtype=np.float64), q)) if len(values) else float("nan")
 
 
+def resolve_passage_chars(given: int | None, meta: Callable[[], dict]) -> int:
+    """Generated passages' length: ``given`` (--passage-chars), else the model's trained length (``meta()`` is read
+    only then)."""
+    if given is None:
+        return trained_passage_chars(meta())
+    _check_positive("--passage-chars", given)
+    return given
+
+
 def _check_positive(name: str, value: int | None) -> None:
     if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
         raise RagsoupError(f"{name} must be at least 1 (got {value})")
@@ -128,7 +137,9 @@ def eval_examples(task: str, data: str | Path | None, k: int, limit: int | None,
 
     if task not in EVAL_TASKS:
         raise RagsoupError(f"unknown task '{task}': use one of {', '.join(EVAL_TASKS)}")
-    if split not in ("all", "train", "val"):
+    from ragsoup.tasks.squad import SPLITS
+
+    if split not in SPLITS:  # before reading any file
         raise RagsoupError(f"unknown --split '{split}': use all, train or val")
     _check_positive("--k", k)
     _check_positive("--limit", limit)
@@ -140,11 +151,9 @@ def eval_examples(task: str, data: str | Path | None, k: int, limit: int | None,
         if not path.exists():
             raise RagsoupError(f"--data file not found: {path}")
         if task == "squad":
-            from ragsoup.tasks.squad import SQUAD_SPLIT_SEED, SQUAD_VAL_FRACTION, load_squad, split_by_article, squad_examples
+            from ragsoup.tasks.squad import load_squad, split_side, squad_examples
 
-            records = load_squad(path)
-            if split != "all":
-                records = split_by_article(records, SQUAD_VAL_FRACTION, SQUAD_SPLIT_SEED)[split == "val"]
+            records = split_side(load_squad(path), split)
             it = squad_examples(records, rng, k)
         else:
             from ragsoup.tasks.hotpot import hotpot_examples, load_hotpot
@@ -194,10 +203,8 @@ def run_eval(task: str, data: str | Path | None = None, k: int = 5, mode: str = 
     _check_positive("--batch-size", batch_size)
     if task not in EVAL_TASKS:  # before loading anything
         raise RagsoupError(f"unknown task '{task}': use one of {', '.join(EVAL_TASKS)}")
-    if passage_chars is not None:
-        _check_positive("--passage-chars", passage_chars)
-    elif task in EVAL_GENERATED_TASKS and data is None:
-        passage_chars = trained_passage_chars(model_info(model)[2])
+    if passage_chars is not None or (task in EVAL_GENERATED_TASKS and data is None):
+        passage_chars = resolve_passage_chars(passage_chars, lambda: model_info(model)[2])
     else:
         passage_chars = DEFAULT_PASSAGE_CHARS
     examples = eval_examples(task, data, k, limit, seed, passage_chars, filler, split)
@@ -411,14 +418,6 @@ def sweep_ks(k_max: int, n_passages: int | None = None) -> list[int]:
     return ks
 
 
-def bench_passage_chars(cfg: BenchConfig, meta: dict) -> int:
-    """The generated passages' length: --passage-chars, else the length the model was trained on."""
-    if cfg.passage_chars is None:
-        return trained_passage_chars(meta)
-    _check_positive("--passage-chars", cfg.passage_chars)
-    return cfg.passage_chars
-
-
 def prepare_index(cfg: BenchConfig, progress: Progress | None = None) -> tuple[Path, list[dict], float]:
     """Generate the corpus and index it like `ragsoup index` into the cache dir (reused when it matches).
 
@@ -428,7 +427,7 @@ def prepare_index(cfg: BenchConfig, progress: Progress | None = None) -> tuple[P
     from ragsoup.tasks.files import CORPUS_FILE, make_corpus, read_questions
 
     path, fp, meta = model_info(cfg.model)
-    passage_chars = bench_passage_chars(cfg, meta)
+    passage_chars = resolve_passage_chars(cfg.passage_chars, lambda: meta)
     name = f"{cfg.task}-{cfg.passages}-{cfg.seed}-{fp}"
     if passage_chars != trained_passage_chars(meta):
         name += f"-{passage_chars}c"
@@ -606,7 +605,8 @@ def run_bench(cfg: BenchConfig, progress: Progress | None = None) -> BenchResult
     result = BenchResult(task=cfg.task, model=model_label(engine.loaded.path), model_fingerprint=engine.loaded.fingerprint,
                          device=device, bandwidth_gbps=round(bandwidth, 3), threads=torch.get_num_threads(),
                          n_passages=len(engine.passages),
-                         passage_chars=bench_passage_chars(cfg, engine.loaded.meta), index_dir=str(index_dir),
+                         passage_chars=resolve_passage_chars(cfg.passage_chars, lambda: engine.loaded.meta),
+                         index_dir=str(index_dir),
                          index_seconds=round(index_seconds, 2))
     for mode in cfg.modes:
         for k in ks:

@@ -107,6 +107,12 @@ def _ops_for(t: Tensor) -> FusedOps | None:
     return fused_ops() if t.is_cuda else None
 
 
+def _conv_ops_for(t: Tensor, width: int) -> FusedOps | None:
+    """The fused ops when causal-conv1d is there and takes this conv width, else None (the PyTorch conv)."""
+    ops = _ops_for(t)
+    return ops if ops is not None and ops.conv is not None and 2 <= width <= FUSED_CONV_MAX_WIDTH else None
+
+
 # --- the ops the model calls -----------------------------------------------------------------------------------
 
 
@@ -150,9 +156,9 @@ def causal_conv(u: Tensor, weight: Tensor, bias: Tensor | None, initial_state: T
                 lengths: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """Depthwise causal conv over time. u [b, l, d], weight [d, 1, w] -> (out [b, l, d], conv state [b, d, w-1]
     after ``lengths`` tokens of each row, or all l)."""
-    ops = _ops_for(u)
     w = weight.size(-1)
-    if ops is None or ops.conv is None or not 2 <= w <= FUSED_CONV_MAX_WIDTH:
+    ops = _conv_ops_for(u, w)
+    if ops is None:
         out, padded = ssd.causal_conv(u, weight, bias, initial_state)
         return out, ssd.conv_state_at(padded, lengths, w)
     padded = ssd.conv_input(u, w, initial_state)  # [b, d, w-1+l]: the conv state is read from it as in the reference
@@ -164,8 +170,8 @@ def causal_conv(u: Tensor, weight: Tensor, bias: Tensor | None, initial_state: T
 
 def conv_step(state: Tensor, u: Tensor, weight: Tensor, bias: Tensor | None) -> tuple[Tensor, Tensor]:
     """One causal conv step. state [b, d, w-1], u [b, d] -> (out [b, d], new state)."""
-    ops = _ops_for(u)
-    if ops is None or ops.conv_update is None or not 2 <= weight.size(-1) <= FUSED_CONV_MAX_WIDTH:
+    ops = _conv_ops_for(u, weight.size(-1))
+    if ops is None:
         return ssd.conv_step(state, u, weight, bias)
     st = state.to(u.dtype).clone()  # updated in place by the kernel (shifted left, u appended)
     out = ops.conv_update(u.contiguous(), st, weight[:, 0, :], bias, activation=None)

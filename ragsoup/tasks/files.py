@@ -164,13 +164,9 @@ def make_squad_corpus(data: str | Path, split: str, n_passages: int, n_queries: 
                       command: str | None = None) -> Path:
     """Write a real-text corpus from a SQuAD v1.1 file: paragraphs of whole articles of one side of ragsoup's
     by-article split ("val": the held-out articles, "train", or "all") and a sample of their questions."""
-    from ragsoup.tasks.squad import SQUAD_SPLIT_SEED, SQUAD_VAL_FRACTION, load_squad, split_by_article, squad_corpus
+    from ragsoup.tasks.squad import load_squad, split_side, squad_corpus
 
-    records = load_squad(data)
-    if split != "all":
-        if split not in ("train", "val"):
-            raise RagsoupError(f"unknown split {split!r}: use all, train or val")
-        records = split_by_article(records, SQUAD_VAL_FRACTION, SQUAD_SPLIT_SEED)[split == "val"]
+    records = split_side(load_squad(data), split)
     corpus, questions = squad_corpus(records, n_passages, n_queries, seed)
     if not corpus:
         raise RagsoupError(f"{data}: no SQuAD paragraphs on the {split!r} side of the split")

@@ -89,6 +89,18 @@ def split_by_article(
     return train, val
 
 
+SPLITS = ("all", "train", "val")
+
+
+def split_side(records: list[dict], split: str) -> list[dict]:
+    """The records of one side of ragsoup's by-article split ("train" or "val"), or all of them ("all")."""
+    if split not in SPLITS:
+        raise RagsoupError(f"unknown split {split!r}: use all, train or val")
+    if split == "all":
+        return records
+    return split_by_article(records, SQUAD_VAL_FRACTION, SQUAD_SPLIT_SEED)[split == "val"]
+
+
 class SquadPool:
     """The distinct paragraphs of some SQuAD records, grouped by article, for drawing gold + distractor sets."""
 
