@@ -9,6 +9,7 @@ from typing import Sequence
 
 import torch
 
+from ragsoup.background import load_background, model_background
 from ragsoup.device import pick_device
 from ragsoup.checkpoint import Loaded, load_model
 from ragsoup.errors import RagsoupError
@@ -64,6 +65,7 @@ class Engine:
             raise RagsoupError(f"index {self.index_dir} is inconsistent (row counts differ): rebuild it with `ragsoup index`")
         self.embedder = get_embedder(m.embedder, self.device)
         self.segments = segments(self.loaded.model.cfg)
+        self.background = load_background(self.loaded.path, m.state_numel)  # for --pool centered; None if absent
         # on a GPU, hot rows stay on the device (LRU, cache_mb) and soups are pooled there; on a CPU the rows
         # stream from the memory map straight into the soup
         self.cache = DeviceStateCache(self.store.view(), self.device, cache_mb) if self.device == "cuda" else None
@@ -93,10 +95,12 @@ class Engine:
         t1 = time.perf_counter()
         # each question's k rows stream, in file order, straight from the memory map into its fp32 soup (one pass)
         if self.cache is not None:
-            souped = torch.stack([self.cache.soup(sorted(r), pool, self.segments) for r in rows.tolist()])
+            souped = torch.stack([self.cache.soup(sorted(r), pool, self.segments, self.background)
+                                  for r in rows.tolist()])
         else:
             view = self.store.view()
-            souped = torch.stack([soup_rows(view, pool, self.segments, index=sorted(r)) for r in rows.tolist()])
+            souped = torch.stack([soup_rows(view, pool, self.segments, index=sorted(r), background=self.background)
+                                  for r in rows.tolist()])
         states = unflatten_states(souped.to(self.device), self.loaded.model.cfg)
         if self.device == "cuda":
             torch.cuda.synchronize()
@@ -142,7 +146,7 @@ def ask_document(
     dev = pick_device(device)
     loaded = load_model(model, device=dev)
     t0 = time.perf_counter()
-    states = soup_state(loaded.model, loaded.tokenizer, segments, pool)
+    states = soup_state(loaded.model, loaded.tokenizer, segments, pool, background=model_background(loaded))
     t1 = time.perf_counter()
     answer = generate(loaded.model, loaded.tokenizer, states, [question], max_new_tokens)[0]
     t2 = time.perf_counter()

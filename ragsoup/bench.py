@@ -192,6 +192,7 @@ def run_eval(task: str, data: str | Path | None = None, k: int = 5, mode: str = 
     ``encoder``: a checkpoint that encodes the passages instead of ``model`` (decoder-only finetuned models).
     ``passage_chars``: generated tasks' passage length (default: the length the model was trained on).
     """
+    from ragsoup.background import model_background
     from ragsoup.checkpoint import load_model
     from ragsoup.device import pick_device
     from ragsoup.evaluate import predict, score
@@ -209,17 +210,19 @@ def run_eval(task: str, data: str | Path | None = None, k: int = 5, mode: str = 
         passage_chars = DEFAULT_PASSAGE_CHARS
     examples = eval_examples(task, data, k, limit, seed, passage_chars, filler, split)
     loaded = load_model(model, device=pick_device(device))
-    enc = None
+    enc, states_from = None, loaded
     if encoder is not None:
-        enc = load_model(encoder, device=pick_device(device))
-        if (enc.model.cfg.state_numel() != loaded.model.cfg.state_numel()
-                or enc.tokenizer.vocab_size != loaded.tokenizer.vocab_size):
+        states_from = load_model(encoder, device=pick_device(device))
+        if (states_from.model.cfg.state_numel() != loaded.model.cfg.state_numel()
+                or states_from.tokenizer.vocab_size != loaded.tokenizer.vocab_size):
             raise RagsoupError(f"--encoder {encoder} does not match --model: it needs the same state size and tokenizer")
-        enc = enc.model
+        enc = states_from.model
     if on_start:
         on_start(len(examples))
+    background = model_background(states_from) if pool == "centered" else None  # the encoder's states' background
     preds = predict(loaded.model, loaded.tokenizer, examples, mode=mode, pool=pool, batch_size=batch_size,
-                    max_new_tokens=max_new_tokens, max_tokens=max_tokens, on_batch=on_batch, encoder=enc)
+                    max_new_tokens=max_new_tokens, max_tokens=max_tokens, on_batch=on_batch, encoder=enc,
+                    background=background)
     if task == "two-hop-bridge":  # scored on the country, as two-hop is; the bridge city is the model's own step
         from dataclasses import replace
 

@@ -20,6 +20,7 @@ from ragsoup.tokenizer import Tokenizer, load_tokenizer
 FORMAT = "ragsoup-mamba2"
 SHIPPED_DIR = Path(__file__).parent / "models"
 DEFAULT_MODEL = "default"
+BACKGROUND_FILE = "background.safetensors"  # the model's background state (ragsoup.background), not a weight file
 
 
 @dataclass
@@ -54,10 +55,12 @@ def fingerprint(path: Path) -> str:
     """Model identity: sha256 over config.json and the weight files, 16 hex chars.
 
     Weight files are *.safetensors and (published mamba_ssm checkpoints) *.bin, read in 1 MiB blocks; a ragsoup
-    checkpoint has no .bin, so its fingerprint is what it always was.
+    checkpoint has no .bin, so its fingerprint is what it always was. The background state is left out: it does
+    not change any passage's state.
     """
     h = hashlib.sha256()
-    weights = sorted(p.name for pat in ("*.safetensors", "*.bin") for p in Path(path).glob(pat))
+    weights = sorted(p.name for pat in ("*.safetensors", "*.bin") for p in Path(path).glob(pat)
+                     if p.name != BACKGROUND_FILE)
     for name in ["config.json", *weights]:
         h.update(name.encode())
         with open(Path(path) / name, "rb") as f:

@@ -120,7 +120,8 @@ def ask(
     chunk_chars: int = typer.Option(200, help="With --doc: segment length in characters."),
     index_dir: Optional[Path] = typer.Option(None, "--index", help="Index directory (default: indexes/demo)."),
     k: int = typer.Option(5, "--k", help="Passages to retrieve and soup."),
-    pool: str = typer.Option("mean", help="mean, sum, max, sum-norm or norm-mean."),
+    pool: str = typer.Option("mean", help="mean, sum, max, sum-norm, norm-mean or centered (needs the model's "
+                             "background state: ragsoup background)."),
     max_new_tokens: int = typer.Option(32, help="Answer length limit in tokens."),
     batch_size: int = typer.Option(16, help="With --questions: questions answered together (one embedding call, one batched decode)."),
     cache_mb: float = typer.Option(2048.0, help="On a GPU: MB of hot passage states kept on the device (LRU)."),
@@ -378,6 +379,39 @@ def export(
     console.print(f"[green]exported[/] {dst}: {len(files)} weight file(s), {total:.1f} MB ({dtype}), fingerprint {fp}")
 
 
+@app.command()
+@domain_errors
+def background(
+    model: str = typer.Argument("default", help="Checkpoint directory or shipped model name."),
+    text: str = typer.Option("template", help="Passages to average: 'template' filler (the default model's "
+                             "training filler) or prose from a .txt / Gutenberg .jsonl(.gz) file."),
+    passages: int = typer.Option(512, help="How many passages to average."),
+    passage_chars: int = typer.Option(200, help="Characters per passage."),
+    seed: int = typer.Option(0, help="Seed for drawing the passages."),
+    json_out: bool = typer.Option(False, "--json", help="Print one JSON object."),
+) -> None:
+    """Compute the model's background state (its mean state over plain passages), used by --pool centered."""
+    import time
+
+    from ragsoup.background import background_passages, compute_background, save_background
+    from ragsoup.checkpoint import load_model
+
+    t0 = time.perf_counter()
+    texts = background_passages(text, passages, seed, passage_chars)
+    loaded = load_model(model)
+    with _progress() as prog:
+        task = prog.add_task("encoding", total=len(texts), rate="")
+        row = compute_background(loaded.model, loaded.tokenizer, texts, on_batch=lambda n: prog.advance(task, n))
+    path = save_background(loaded.path, row, {"text": text, "passages": passages, "passage_chars": passage_chars,
+                                              "seed": seed, "model_fingerprint": loaded.fingerprint})
+    out = {"model": str(loaded.path), "path": str(path), "passages": passages, "text": text,
+           "seconds": round(time.perf_counter() - t0, 1)}
+    if json_out:
+        _print_json(out)
+    else:
+        console.print(f"[green]wrote[/] {path}: mean state of {passages} '{text}' passages ({out['seconds']} s)")
+
+
 @app.command("make-corpus")
 @domain_errors
 def make_corpus_cmd(
@@ -416,7 +450,8 @@ def eval_cmd(
     data: Optional[Path] = typer.Option(None, "--data", help="SQuAD/HotpotQA JSON file; for generated tasks optional (a make-corpus directory)."),
     k: int = typer.Option(5, "--k", help="Passages per question (gold + distractors)."),
     mode: str = typer.Option("soup", help="soup or concat (the baseline)."),
-    pool: str = typer.Option("mean", help="mean, sum, max, sum-norm or norm-mean."),
+    pool: str = typer.Option("mean", help="mean, sum, max, sum-norm, norm-mean or centered (needs the model's "
+                             "background state: ragsoup background)."),
     limit: Optional[int] = typer.Option(None, "--limit", help="Questions to score (generated tasks: default 200; files: all)."),
     model: Optional[str] = typer.Option(None, help="Checkpoint directory or shipped model name (default: the shipped default)."),
     seed: int = typer.Option(0, help="Seed (distractor choice, generated examples)."),
@@ -468,7 +503,8 @@ def bench(
     task: str = typer.Option("needle", "--task", help="needle, needle-multikey, needle-distractor or two-hop."),
     k: Optional[int] = typer.Option(None, "--k", help="Largest k; the sweep is 1, 2, 4, ... up to it (default 256; --quick 16)."),
     modes: str = typer.Option("soup,concat", "--modes", help="Comma-separated: soup, concat."),
-    pool: str = typer.Option("mean", help="mean, sum, max, sum-norm or norm-mean."),
+    pool: str = typer.Option("mean", help="mean, sum, max, sum-norm, norm-mean or centered (needs the model's "
+                             "background state: ragsoup background)."),
     queries: Optional[int] = typer.Option(None, "--queries", help="Queries per soup row (default 100; --quick 16)."),
     passages: Optional[int] = typer.Option(None, "--passages", help="Generated corpus size (default 4096; --quick 256)."),
     concat_max_k: Optional[int] = typer.Option(None, "--concat-max-k", help="Largest k for concat (default: --k)."),

@@ -27,6 +27,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from ragsoup.checkpoint import BACKGROUND_FILE
 from ragsoup.errors import RagsoupError
 from ragsoup.model import Mamba2Config, Mamba2LM
 from ragsoup.tokenizer import SPECIALS, HFTokenizer
@@ -177,7 +178,7 @@ def _check_groups(cfg: Mamba2Config, where: str) -> None:
 
 def weight_files(path: Path) -> list[Path]:
     """The weight files of a checkpoint directory: *.safetensors if any, else pytorch_model*.bin."""
-    st = sorted(Path(path).glob("*.safetensors"))
+    st = sorted(p for p in Path(path).glob("*.safetensors") if p.name != BACKGROUND_FILE)
     return st or sorted(Path(path).glob("pytorch_model*.bin"))
 
 

@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from ragsoup.errors import RagsoupError
-from ragsoup.soup import check_pool, soup_rows
+from ragsoup.soup import centre, check_pool, soup_rows
 
 
 class DeviceStateCache:
@@ -72,8 +72,9 @@ class DeviceStateCache:
                 self.where[i] = s
         return self.slots.index_select(0, torch.tensor([self.where[i] for i in idx], device=self.device))
 
-    def soup(self, idx: Sequence[int], op: str, segments: list[tuple[int, int]]) -> Tensor:
-        """One fp32 row [D] on the device: the rows ``idx`` pooled with ``op``."""
+    def soup(self, idx: Sequence[int], op: str, segments: list[tuple[int, int]],
+             background: Tensor | None = None) -> Tensor:
+        """One fp32 row [D] on the device: the rows ``idx`` pooled with ``op`` (``background``: for centered)."""
         check_pool(op)
         if len(idx) == 0:
             raise RagsoupError("cannot soup zero passages")
@@ -81,7 +82,9 @@ class DeviceStateCache:
         if op in ("mean", "sum"):
             acc = rows.sum(0, dtype=torch.float32)  # fp32 accumulation on the device
             return acc / len(idx) if op == "mean" else acc
-        return soup_rows(rows, op, segments)
+        if op == "centered" and background is not None:
+            return centre(rows.sum(0, dtype=torch.float32).div_(len(idx)), background.to(rows.device), len(idx))
+        return soup_rows(rows, op, segments, background=background)
 
     @property
     def used_mb(self) -> float:

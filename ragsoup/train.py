@@ -428,6 +428,9 @@ Log = Callable[[dict], None]
 def train(cfg: TrainConfig, resume: bool = False, on_log: Log | None = None, device: str = "cpu") -> Path:
     """Train (or resume) per ``cfg``; writes checkpoints and log.jsonl under cfg.out; returns the final checkpoint."""
     check_pool(cfg.pool)
+    if cfg.pool == "centered":
+        raise RagsoupError("pooling 'centered' is applied at inference to a mean-trained model: train with --pool mean, "
+                           "then run `ragsoup background` on the result")
     if cfg.mode not in ("soup", "concat"):
         raise RagsoupError(f"unknown mode '{cfg.mode}': use soup or concat")
     if cfg.arch not in ("mamba2", "transformer"):

@@ -18,6 +18,7 @@ from ragsoup.store import flatten_states, segments, unflatten_states
 
 TINY = Mamba2Config(d_model=32, n_layer=2, vocab_size=64, d_state=8, headdim=16, chunk_size=8)
 R5 = 1 / math.sqrt(5)
+R2 = 1 / math.sqrt(2)
 
 # Two passages, two components each (think: conv and ssm of a one-layer model).
 #   component 1: a = [3, 4] (|a| = 5),  b = [-8, 6] (|b| = 10)  -> mean norm 7.5
@@ -32,13 +33,21 @@ EXPECTED = {
     "sum-norm": [-7.5 * R5, 15.0 * R5, 1.5 * R5, 3.0 * R5],
     # mean of unit vectors, rescaled: ([.6, .8] + [-.8, .6]) / 2 * 7.5 ; ([1, 0] + [0, 1]) / 2 * 1.5
     "norm-mean": [-0.75, 5.25, 0.75, 0.75],
+    # background BG: BG + (a + b - 2 BG) / sqrt 2 = BG + [-7, 6, 1, 0] / sqrt 2
+    "centered": [1.0 - 7.0 * R2, 2.0 + 6.0 * R2, 1.0 * R2, 1.0],
 }
+BG = [1.0, 2.0, 0.0, 1.0]  # a background state for the centered soup, in ROWS' layout
 
 
 def _hand_states() -> list[LayerState]:
     """ROWS as a one-layer batched state of 2 passages: conv [2, 1, 2] = comp 1, ssm [2, 1, 1, 2] = comp 2."""
     r = torch.tensor(ROWS)
     return [LayerState(r[:, :2].reshape(2, 1, 2).clone(), r[:, 2:].reshape(2, 1, 1, 2).clone())]
+
+
+def _hand_background() -> list[LayerState]:
+    b = torch.tensor([BG])
+    return [LayerState(b[:, :2].reshape(1, 1, 2), b[:, 2:].reshape(1, 1, 1, 2))]
 
 
 def _random_states(n: int, seed: int, dtype=torch.float32, cfg: Mamba2Config = TINY) -> list[LayerState]:
@@ -55,14 +64,14 @@ def _random_states(n: int, seed: int, dtype=torch.float32, cfg: Mamba2Config = T
 @pytest.mark.parametrize("op", POOLS)
 def test_pool_hand_computed_single_component(op):
     x = torch.tensor([[[3.0, 4.0], [-8.0, 6.0]]])  # [B=1, k=2, N=2]
-    out = pool(x, op)
+    out = pool(x, op, torch.tensor(BG[:2]))
     assert out.shape == (1, 2)
     torch.testing.assert_close(out[0], torch.tensor(EXPECTED[op][:2]), rtol=1e-6, atol=1e-6)
 
 
 @pytest.mark.parametrize("op", POOLS)
 def test_pool_states_hand_computed_per_component(op):
-    out = pool_states(_hand_states(), k=2, op=op)
+    out = pool_states(_hand_states(), k=2, op=op, background=_hand_background())
     assert len(out) == 1 and out[0].conv.shape == (1, 1, 2) and out[0].ssm.shape == (1, 1, 1, 2)
     got = torch.cat([out[0].conv.flatten(), out[0].ssm.flatten()])
     torch.testing.assert_close(got, torch.tensor(EXPECTED[op]), rtol=1e-6, atol=1e-6)
@@ -71,7 +80,7 @@ def test_pool_states_hand_computed_per_component(op):
 @pytest.mark.parametrize("op", POOLS)
 def test_soup_rows_hand_computed_per_segment(op):
     for rows in (np.array(ROWS, dtype=np.float32), torch.tensor(ROWS)):
-        got = soup_rows(rows, op, SEGS)
+        got = soup_rows(rows, op, SEGS, background=torch.tensor(BG))
         assert got.dtype == torch.float32 and got.shape == (4,)
         torch.testing.assert_close(got, torch.tensor(EXPECTED[op]), rtol=1e-6, atol=1e-6)
 
@@ -102,7 +111,8 @@ def test_pool_batches_examples_independently():
 def test_pool_states_agrees_with_soup_rows(op, dtype):
     B, k = 3, 4
     states = _random_states(B * k, seed=7, dtype=dtype)
-    pooled = pool_states(states, k, op)
+    bg = _random_states(1, seed=70, dtype=dtype)
+    pooled = pool_states(states, k, op, bg)
     assert all(p.conv.dtype == dtype and p.ssm.dtype == dtype for p in pooled)
     assert pooled[0].conv.shape == (B, TINY.conv_dim, TINY.d_conv - 1)
     assert pooled[1].ssm.shape == (B, TINY.nheads, TINY.headdim, TINY.d_state)
@@ -113,11 +123,13 @@ def test_pool_states_agrees_with_soup_rows(op, dtype):
     tol = dict(rtol=1e-5, atol=1e-5) if dtype == torch.float32 else dict(rtol=2e-3, atol=2e-3)
     for b in range(B):
         block = rows[b * k : (b + 1) * k]
-        got = soup_rows(block.numpy(), op, segs)  # as read from a store (numpy)
+        bg_row = flatten_states(bg)[0].float()
+        got = soup_rows(block.numpy(), op, segs, background=bg_row)  # as read from a store (numpy)
         torch.testing.assert_close(got, pooled_rows[b], **tol)
-        torch.testing.assert_close(soup_rows(block, op, segs), got)  # tensor input too
+        torch.testing.assert_close(soup_rows(block, op, segs, background=bg_row), got)  # tensor input too
         # and the fp32 reference on the same (rounded) inputs
-        ref = pool(block.float().reshape(1, k, -1), op)[0] if op in ("mean", "sum", "max") else None
+        ref = (pool(block.float().reshape(1, k, -1), op, bg_row)[0] if op in ("mean", "sum", "max", "centered")
+               else None)
         if ref is not None:
             torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-5)
 
@@ -126,20 +138,25 @@ def test_pool_states_agrees_with_soup_rows(op, dtype):
 def test_soup_rows_does_not_modify_its_input(op):
     rows = flatten_states(_random_states(3, seed=1))
     before = rows.clone()
-    soup_rows(rows, op, segments(TINY))
+    bg = flatten_states(_random_states(1, seed=2))[0]
+    before_bg = bg.clone()
+    soup_rows(rows, op, segments(TINY), background=bg)
+    assert torch.equal(bg, before_bg)
     assert torch.equal(rows, before)
 
 
 @pytest.mark.parametrize("op", POOLS)
 def test_soup_of_one_state_is_that_state(op):
     states = _random_states(2, seed=3)  # B=2 examples, k=1
-    pooled = pool_states(states, 1, op)
+    bg = _random_states(1, seed=30)  # the centered soup of one state is that state, whatever the background
+    pooled = pool_states(states, 1, op, bg)
     for p, s in zip(pooled, states):
         torch.testing.assert_close(p.conv, s.conv, rtol=1e-5, atol=1e-6)
         torch.testing.assert_close(p.ssm, s.ssm, rtol=1e-5, atol=1e-6)
     rows = flatten_states(states)
     for b in range(2):
-        torch.testing.assert_close(soup_rows(rows[b : b + 1], op, segments(TINY)), rows[b], rtol=1e-5, atol=1e-6)
+        got = soup_rows(rows[b : b + 1], op, segments(TINY), background=flatten_states(bg)[0])
+        torch.testing.assert_close(got, rows[b], rtol=1e-5, atol=1e-6)
 
 
 def test_soup_of_identical_states_mean_max_norm_ops_is_that_state():
@@ -208,7 +225,8 @@ def test_unknown_pool_raises(bad):
 @pytest.mark.parametrize("op", POOLS)
 def test_soup_rows_of_zero_rows_raises(op):
     with pytest.raises(RagsoupError, match="zero"):
-        soup_rows(np.zeros((0, TINY.state_numel()), np.float16), op, segments(TINY))
+        soup_rows(np.zeros((0, TINY.state_numel()), np.float16), op, segments(TINY),
+                  background=torch.zeros(TINY.state_numel()))
 
 
 def test_souped_rows_unflatten_to_pooled_states():
@@ -233,9 +251,34 @@ def test_soup_rows_with_an_index_pools_exactly_those_rows_of_a_read_only_store(o
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # torch: the mapping is not writable (soup_rows never writes)
         view = torch.from_numpy(mapped)
-    got = soup_rows(view, op, segs, index=idx)
-    want = soup_rows(table[idx], op, segs)
+    bg = torch.from_numpy(rng.standard_normal(16).astype(np.float32))
+    got = soup_rows(view, op, segs, index=idx, background=bg)
+    want = soup_rows(table[idx], op, segs, background=bg)
     torch.testing.assert_close(got, want, rtol=0, atol=0)
     assert got.dtype == torch.float32
     with pytest.raises(RagsoupError, match="zero"):
-        soup_rows(view, op, segs, index=[])
+        soup_rows(view, op, segs, index=[], background=bg)
+
+
+def test_centered_soup_is_the_background_plus_sqrt_k_times_the_mean_deviation():
+    k = 16
+    states = _random_states(k, seed=21)
+    bg = _random_states(1, seed=22)
+    mean = pool_states(states, k, "mean")
+    got = pool_states(states, k, "centered", bg)
+    for g, m, b in zip(got, mean, bg):
+        torch.testing.assert_close(g.ssm, b.ssm + 4.0 * (m.ssm - b.ssm), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(g.conv, b.conv + 4.0 * (m.conv - b.conv), rtol=1e-5, atol=1e-5)
+    # k copies of one passage: its deviation from the background grows by sqrt(k), where the mean keeps it
+    rep = [LayerState(t.conv[:1].expand(k, *t.conv.shape[1:]), t.ssm[:1].expand(k, *t.ssm.shape[1:])) for t in states]
+    out = pool_states(rep, k, "centered", bg)
+    torch.testing.assert_close(out[0].ssm - bg[0].ssm, 4.0 * (states[0].ssm[:1] - bg[0].ssm), rtol=1e-5, atol=1e-5)
+
+
+def test_centered_soup_without_a_background_says_how_to_make_one():
+    rows = flatten_states(_random_states(3, seed=4))
+    for call in (lambda: soup_rows(rows, "centered", segments(TINY)),
+                 lambda: pool_states(_random_states(3, seed=4), 3, "centered"),
+                 lambda: pool(torch.ones(1, 2, 3), "centered")):
+        with pytest.raises(RagsoupError, match="ragsoup background"):
+            call()

@@ -30,7 +30,8 @@ def test_device_soup_equals_the_host_soup(op):
     rows = _rows()
     cache = _cache(rows, 8)
     for idx in ([0, 3, 5], [2, 3, 4, 9, 11], [1, 2, 3, 4, 5, 6, 7, 8, 9, 10]):  # the last is bigger than the cache
-        torch.testing.assert_close(cache.soup(idx, op, SEGS), soup_rows(rows, op, SEGS, index=idx),
+        bg = torch.linspace(-1, 1, D)
+        torch.testing.assert_close(cache.soup(idx, op, SEGS, bg), soup_rows(rows, op, SEGS, index=idx, background=bg),
                                    rtol=1e-5, atol=1e-5)
 
 

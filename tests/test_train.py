@@ -240,7 +240,8 @@ def test_resume_without_checkpoint_raises(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "kw,msg", [({"pool": "avg"}, "pooling"), ({"mode": "rnn"}, "mode"), ({"k_min": 4, "k_max": 2}, "k-min")]
+    "kw,msg", [({"pool": "avg"}, "pooling"), ({"pool": "centered"}, "ragsoup background"), ({"mode": "rnn"}, "mode"),
+               ({"k_min": 4, "k_max": 2}, "k-min")]
 )
 def test_bad_config_raises(tmp_path, kw, msg):
     with pytest.raises(RagsoupError, match=msg):

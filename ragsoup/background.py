@@ -1,0 +1,88 @@
+"""A model's background state: its mean final state over plain passages with no facts in them.
+
+The ``centered`` soup (ragsoup.soup) keeps the souped passages' deviations from this state at the size of one
+passage's, where a plain mean shrinks them by 1/k. It is a property of the model and of the kind of text it sees,
+computed once (``ragsoup background MODEL``) and stored beside the weights as ``background.safetensors``: one fp32
+row in the state store's layout, with the text it came from in the file's metadata. It is not part of the model's
+fingerprint: it does not change any passage's state.
+"""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+from typing import Callable, Sequence
+
+import torch
+from torch import Tensor
+
+from ragsoup.checkpoint import BACKGROUND_FILE, Loaded, atomic_write_bytes
+from ragsoup.encode import encode_token_batch
+from ragsoup.errors import RagsoupError
+from ragsoup.model import Mamba2LM, States
+from ragsoup.kvsoup import is_kv_model
+from ragsoup.store import flatten_states, unflatten_states
+from ragsoup.tokenizer import Tokenizer, passage_ids
+
+
+def background_passages(text: str, n: int, seed: int = 0, chars: int = 200) -> list[str]:
+    """n passages of about ``chars`` characters: ``template`` filler, or prose from a .txt / Gutenberg .jsonl(.gz)."""
+    from ragsoup.tasks.filler import FillerSource, ProseFiller
+
+    if n < 1:
+        raise RagsoupError(f"--passages must be at least 1 (got {n})")
+    source = FillerSource() if text == "template" else ProseFiller(text)
+    rng = random.Random(seed)
+    return [source.passage(rng, chars) for _ in range(n)]
+
+
+@torch.inference_mode()
+def compute_background(model: Mamba2LM, tok: Tokenizer, passages: Sequence[str], batch_size: int = 32,
+                       max_tokens: int = 1024, on_batch: Callable[[int], None] | None = None) -> Tensor:
+    """The mean final state of the passages, each encoded alone: one fp32 row [D] (fp32 accumulation)."""
+    if not passages:
+        raise RagsoupError("no passages to compute a background state from")
+    acc: Tensor | None = None
+    for i in range(0, len(passages), batch_size):
+        chunk = passages[i : i + batch_size]
+        rows = flatten_states(encode_token_batch(model, [passage_ids(tok, p, max_tokens) for p in chunk], tok.pad_id))
+        part = rows.float().sum(0)
+        acc = part if acc is None else acc.add_(part)
+        if on_batch:
+            on_batch(len(chunk))
+    return acc.div_(len(passages)).cpu()
+
+
+def save_background(model_dir: str | Path, row: Tensor, meta: dict[str, str]) -> Path:
+    """Write ``row`` to MODEL_DIR/background.safetensors atomically; ``meta``: where it came from."""
+    from safetensors.torch import save
+
+    path = Path(model_dir) / BACKGROUND_FILE
+    atomic_write_bytes(path, save({"background": row.float().contiguous()}, metadata={k: str(v) for k, v in meta.items()}))
+    return path
+
+
+def load_background(model_dir: str | Path, numel: int | None = None) -> Tensor | None:
+    """The model's background row [D] (fp32), or None when it has none; ``numel`` checks its length."""
+    path = Path(model_dir) / BACKGROUND_FILE
+    if not path.is_file():
+        return None
+    from safetensors.torch import load_file
+
+    try:
+        row = load_file(str(path))["background"]
+    except Exception as exc:  # corrupt file, missing key
+        raise RagsoupError(f"cannot read {path}: {exc}; recreate it with `ragsoup background`") from exc
+    if numel is not None and row.numel() != numel:
+        raise RagsoupError(f"{path} holds {row.numel()} values but the model's state has {numel}: it belongs to "
+                           f"another model; recreate it with `ragsoup background`")
+    return row
+
+
+def model_background(loaded: Loaded) -> States | None:
+    """The loaded model's background as per-layer states (batch 1, on the model's device), or None."""
+    if is_kv_model(loaded.model):  # the KV-cache baseline has no background state
+        return None
+    cfg = loaded.model.cfg
+    row = load_background(loaded.path, cfg.state_numel())
+    return None if row is None else unflatten_states(row[None].to(loaded.model.device), cfg)

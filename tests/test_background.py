@@ -1,0 +1,109 @@
+"""The background state and the centered soup: its value, its file, and the CLI path that makes and uses it."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from ragsoup.background import (background_passages, compute_background, load_background, model_background,
+                                save_background)
+from ragsoup.checkpoint import BACKGROUND_FILE, fingerprint, load_model
+from ragsoup.cli import app
+from ragsoup.encode import encode_token_batch
+from ragsoup.errors import RagsoupError
+from ragsoup.store import flatten_states
+from ragsoup.tokenizer import passage_ids
+
+TEXTS = ["The harbour was quiet before dawn and the boats lay still.",
+         "Bees carry pollen between the flowers of the orchard all summer.",
+         "A lamp in the window told the travellers that the inn was open.",
+         "Snow covered the mountain pass for most of the long winter."]
+
+
+def run(*args):
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+def one_error_line(r) -> str:
+    assert r.exit_code == 1 and "Traceback" not in r.output, r.output
+    lines = [line for line in r.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:"), r.stderr
+    return lines[0]
+
+
+def test_background_is_the_mean_state_of_the_passages_each_encoded_alone(tiny_model):
+    loaded = load_model(tiny_model)
+    model, tok = loaded.model, loaded.tokenizer
+    got = compute_background(model, tok, TEXTS, batch_size=3)  # two batches, padded differently
+    with torch.inference_mode():
+        alone = [flatten_states(encode_token_batch(model, [passage_ids(tok, t, 1024)], tok.pad_id))[0] for t in TEXTS]
+    assert got.shape == (model.cfg.state_numel(),) and got.dtype == torch.float32
+    torch.testing.assert_close(got, torch.stack(alone).mean(0), rtol=1e-4, atol=1e-5)
+
+
+def test_background_passages_are_deterministic_and_the_right_length():
+    a, b = background_passages("template", 5, seed=3), background_passages("template", 5, seed=3)
+    assert a == b and len(a) == 5 and all(150 <= len(p) <= 260 for p in a)
+    assert background_passages("template", 5, seed=4) != a
+    with pytest.raises(RagsoupError, match="at least 1"):
+        background_passages("template", 0)
+
+
+def test_background_file_round_trip_leaves_the_model_and_its_fingerprint_alone(tiny_model, tmp_path):
+    model_dir = shutil.copytree(tiny_model, tmp_path / "m")
+    before = fingerprint(model_dir)
+    loaded = load_model(model_dir)
+    assert load_background(model_dir) is None and model_background(loaded) is None
+    row = torch.randn(loaded.model.cfg.state_numel())
+    path = save_background(model_dir, row, {"text": "template"})
+    assert path.name == BACKGROUND_FILE
+    torch.testing.assert_close(load_background(model_dir, row.numel()), row)
+    assert fingerprint(model_dir) == before  # indexes built before stay valid
+    again = load_model(model_dir)  # the weights loader does not take it for a weight shard
+    states = model_background(again)
+    assert states is not None and len(states) == again.model.cfg.n_layer
+    torch.testing.assert_close(flatten_states(states)[0], row)
+    with pytest.raises(RagsoupError, match="another model"):
+        load_background(model_dir, row.numel() + 1)
+    (model_dir / BACKGROUND_FILE).write_bytes(b"not safetensors")
+    with pytest.raises(RagsoupError, match="recreate it"):
+        load_background(model_dir)
+
+
+def test_centered_pool_through_the_cli_needs_then_uses_the_background(tiny_model, tmp_path):
+    model_dir = shutil.copytree(tiny_model, tmp_path / "m")
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    for i, t in enumerate(TEXTS):
+        (corpus / f"{i}.txt").write_text(t)
+    idx = tmp_path / "idx"
+    r = run("index", corpus, "--out", idx, "--model", model_dir, "--device", "cpu", "--json")
+    assert r.exit_code == 0, r.output
+    ask = ("ask", "Where were the boats?", "--index", idx, "--k", "3", "--device", "cpu", "--max-new-tokens", "3",
+           "--pool", "centered", "--json")
+    assert "ragsoup background" in one_error_line(run(*ask))
+    ev = ("eval", "--task", "needle", "--k", "3", "--limit", "2", "--pool", "centered", "--model", model_dir,
+          "--max-new-tokens", "3", "--json")
+    assert "ragsoup background" in one_error_line(run(*ev))
+
+    r = run("background", model_dir, "--passages", "6", "--passage-chars", "60", "--json")
+    assert r.exit_code == 0, r.output
+    made = json.loads(r.stdout)
+    assert made["passages"] == 6 and (model_dir / BACKGROUND_FILE).is_file()
+
+    r = run(*ask)
+    assert r.exit_code == 0, r.output
+    obj = json.loads(r.stdout)
+    assert obj["pool"] == "centered" and obj["k"] == 3 and len(obj["passages"]) == 3
+    r = run(*ev)
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["n"] == 2
+
+
+def test_background_cli_errors_are_one_line(tmp_path):
+    assert "not found" in one_error_line(run("background", tmp_path / "missing", "--passages", "2"))
+    assert "at least 1" in one_error_line(run("background", "default", "--passages", "0"))
