@@ -42,6 +42,8 @@ def compute_background(model: Mamba2LM, tok: Tokenizer, passages: Sequence[str],
     """The mean final state of the passages, each encoded alone: one fp32 row [D] (fp32 accumulation)."""
     if not passages:
         raise RagsoupError("no passages to compute a background state from")
+    if is_kv_model(model):
+        raise RagsoupError("the transformer baseline's KV caches have no fixed size: --pool centered is for Mamba2 models")
     acc: Tensor | None = None
     for i in range(0, len(passages), batch_size):
         chunk = passages[i : i + batch_size]

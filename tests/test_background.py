@@ -107,3 +107,13 @@ def test_centered_pool_through_the_cli_needs_then_uses_the_background(tiny_model
 def test_background_cli_errors_are_one_line(tmp_path):
     assert "not found" in one_error_line(run("background", tmp_path / "missing", "--passages", "2"))
     assert "at least 1" in one_error_line(run("background", "default", "--passages", "0"))
+
+
+def test_the_kv_cache_baseline_has_no_background():
+    from ragsoup.kvsoup import TransformerConfig, TransformerLM
+    from ragsoup.tokenizer import ByteTokenizer
+
+    tok = ByteTokenizer()
+    cfg = TransformerConfig.from_dict({"d_model": 32, "n_layer": 1, "n_head": 2, "vocab_size": -(-tok.vocab_size // 8) * 8})
+    with pytest.raises(RagsoupError, match="Mamba2"):
+        compute_background(TransformerLM(cfg).eval(), tok, TEXTS[:1])
