@@ -1,6 +1,7 @@
 """Held-out answer quality of a model on the generated tasks (no retrieval): the table in docs/models.md.
 
 Usage: python benchmarks/eval_default.py [--model default] [--n 64] [--seed 12345] [--prose PATH] [--out FILE.json]
+       [--pools centered,max]  (only those rows; the --out file keeps its others)
 Every number comes from `ragsoup eval` (bench.run_eval) on freshly generated examples (seed disjoint from training).
 """
 
@@ -24,10 +25,15 @@ PLAN = [  # (label, task, k values, mode, pool, filler?)
     ("needle, pool=sum", "needle", [4, 16, 64], "soup", "sum", False),
     ("needle, pool=max", "needle", [4, 16, 64, 128, 256], "soup", "max", False),
     ("needle, Gutenberg prose filler, pool=max", "needle", [64, 256], "soup", "max", True),
-    ("needle-distractor, pool=max", "needle-distractor", [4], "soup", "max", False),
-    ("needle-multikey, pool=max", "needle-multikey", [4], "soup", "max", False),
+    ("needle-distractor, pool=max", "needle-distractor", [4, 16, 64], "soup", "max", False),
+    ("needle-multikey, pool=max", "needle-multikey", [4, 8, 16], "soup", "max", False),
     ("needle, pool=sum-norm", "needle", [4, 16, 64], "soup", "sum-norm", False),
     ("needle, pool=norm-mean", "needle", [4, 16, 64], "soup", "norm-mean", False),
+    # centered: the mean with each passage's deviation from the model's background state scaled by sqrt(k)
+    ("needle, pool=centered", "needle", [1, 4, 16, 64, 128, 256], "soup", "centered", False),
+    ("needle, Gutenberg prose filler, pool=centered", "needle", [16, 64, 256], "soup", "centered", True),
+    ("needle-distractor, pool=centered", "needle-distractor", [4, 16, 64], "soup", "centered", False),
+    ("needle-multikey, pool=centered", "needle-multikey", [2, 4, 8, 16], "soup", "centered", False),
 ]
 
 
@@ -40,12 +46,17 @@ def main() -> None:
     ap.add_argument("--prose", default="../shared/data/gutenberg/books-03.jsonl.gz")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--out", default=None)
+    ap.add_argument("--pools", default=None, help="only the plan's rows with these pools (e.g. centered,max); "
+                    "with --out, the file's other rows are kept")
     a = ap.parse_args()
     set_threads(a.threads)
+    only = set(a.pools.split(",")) if a.pools else None
     rows = []
+    if only and a.out and Path(a.out).exists():
+        rows = [r for r in json.loads(Path(a.out).read_text())["rows"] if r["pool"] not in only]
     print("| task | mode | pool | k | n | EM | F1 | seconds |\n|---|---|---|---:|---:|---:|---:|---:|")
     for label, task, ks, mode, pool, prose in PLAN:
-        if prose and not Path(a.prose).exists():
+        if (prose and not Path(a.prose).exists()) or (only and pool not in only):
             continue
         for k in ks:
             t = time.perf_counter()
