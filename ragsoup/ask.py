@@ -86,6 +86,9 @@ class Engine:
         if k <= 0:
             raise RagsoupError(f"--k must be at least 1 (got {k})")
         check_pool(pool)
+        if pool == "centered" and self.background is None:
+            raise RagsoupError(f"pooling 'centered' needs the model's background state: create it with "
+                               f"`ragsoup background {self.loaded.path}`, or use --pool mean")
         notices = []
         if k > len(self.passages):
             notices.append(f"k={k} is more than the {len(self.passages)} passages in the index; using k={len(self.passages)}")

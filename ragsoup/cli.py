@@ -363,7 +363,8 @@ def export(
     """Write a checkpoint for shipping: chosen weight dtype, weights split into files of bounded size."""
     import torch
 
-    from ragsoup.checkpoint import load_model, save_checkpoint
+    from ragsoup.background import load_background
+    from ragsoup.checkpoint import BACKGROUND_FILE, atomic_write_bytes, load_model, save_checkpoint
 
     dtypes = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}
     if dtype not in dtypes:
@@ -374,7 +375,9 @@ def export(
     meta = {**loaded.meta, "exported_from": {"fingerprint": loaded.fingerprint, "dtype": dtype}}
     fp = save_checkpoint(loaded.model, loaded.tokenizer, dst, meta=meta, dtype=dtypes[dtype],
                          max_shard_bytes=int(max_shard_mb * (1 << 20)))
-    files = sorted(dst.glob("*.safetensors"))
+    if load_background(loaded.path, loaded.model.cfg.state_numel()) is not None:  # checked; travels with the weights
+        atomic_write_bytes(dst / BACKGROUND_FILE, (loaded.path / BACKGROUND_FILE).read_bytes())
+    files = sorted(f for f in dst.glob("*.safetensors") if f.name != BACKGROUND_FILE)
     total = sum(f.stat().st_size for f in files) / (1 << 20)
     console.print(f"[green]exported[/] {dst}: {len(files)} weight file(s), {total:.1f} MB ({dtype}), fingerprint {fp}")
 

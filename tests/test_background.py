@@ -28,6 +28,11 @@ def run(*args):
     return CliRunner().invoke(app, [str(a) for a in args])
 
 
+def flat(text: str) -> str:
+    """Whitespace-normalised text (rich wraps long lines at the console width)."""
+    return "".join(text.split())
+
+
 def one_error_line(r) -> str:
     assert r.exit_code == 1 and "Traceback" not in r.output, r.output
     lines = [line for line in r.stderr.splitlines() if line.strip()]
@@ -85,7 +90,7 @@ def test_centered_pool_through_the_cli_needs_then_uses_the_background(tiny_model
     assert r.exit_code == 0, r.output
     ask = ("ask", "Where were the boats?", "--index", idx, "--k", "3", "--device", "cpu", "--max-new-tokens", "3",
            "--pool", "centered", "--json")
-    assert "ragsoup background" in one_error_line(run(*ask))
+    assert flat(f"ragsoup background {model_dir}") in flat(one_error_line(run(*ask)))  # names the model to run it on
     ev = ("eval", "--task", "needle", "--k", "3", "--limit", "2", "--pool", "centered", "--model", model_dir,
           "--max-new-tokens", "3", "--json")
     assert "ragsoup background" in one_error_line(run(*ev))
@@ -117,3 +122,15 @@ def test_the_kv_cache_baseline_has_no_background():
     cfg = TransformerConfig.from_dict({"d_model": 32, "n_layer": 1, "n_head": 2, "vocab_size": -(-tok.vocab_size // 8) * 8})
     with pytest.raises(RagsoupError, match="Mamba2"):
         compute_background(TransformerLM(cfg).eval(), tok, TEXTS[:1])
+
+
+def test_export_carries_the_background_with_the_weights(tiny_model, tmp_path):
+    src = shutil.copytree(tiny_model, tmp_path / "src")
+    assert run("export", src, tmp_path / "plain").exit_code == 0
+    assert not (tmp_path / "plain" / BACKGROUND_FILE).exists()  # none to carry
+    row = torch.randn(load_model(src).model.cfg.state_numel())
+    save_background(src, row, {"text": "template"})
+    r = run("export", src, tmp_path / "dst", "--dtype", "bfloat16")
+    assert r.exit_code == 0, r.output
+    torch.testing.assert_close(load_background(tmp_path / "dst", row.numel()), row)  # fp32, whatever the weights
+    assert model_background(load_model(tmp_path / "dst")) is not None
