@@ -221,7 +221,8 @@ def train(
     out: Optional[str] = typer.Option(None, help="Run directory (checkpoints, log.jsonl)."),
     tasks: Optional[str] = typer.Option(None, help="Task mix, e.g. needle:3,needle-distractor:2,two-hop:1."),
     mode: Optional[str] = typer.Option(None, help="soup or concat (the baseline)."),
-    pool: Optional[str] = typer.Option(None, help="mean, sum, max, sum-norm or norm-mean."),
+    pool: Optional[str] = typer.Option(None, help="mean, sum, max, sum-norm, norm-mean or centered (needs "
+                                       "--bank-size: the bank's mean state is the background)."),
     k_min: Optional[int] = typer.Option(None, help="Fewest passages per example."),
     k_max: Optional[int] = typer.Option(None, help="Most passages per example (curriculum target)."),
     k_ramp_steps: Optional[int] = typer.Option(None, help="Steps over which the largest k grows from k-min to k-max."),

@@ -27,7 +27,7 @@ from ragsoup.evaluate import predict, score
 from ragsoup.generate import concat_ids
 from ragsoup.kvsoup import TransformerConfig, TransformerLM, encode_pool, is_kv_model
 from ragsoup.model import Mamba2Config, Mamba2LM, States
-from ragsoup.soup import check_pool, pool_states
+from ragsoup.soup import centre, check_pool, pool_states
 from ragsoup.store import flatten_states, unflatten_states
 from ragsoup.tasks import generate_example
 from ragsoup.tasks.base import SoupExample
@@ -317,8 +317,8 @@ class FillerBank:
     """Filler passages' state rows, encoded without gradient by the model as it is at refresh time."""
 
     def __init__(self, cfg: TrainConfig) -> None:
-        if cfg.pool not in ("mean", "sum"):
-            raise RagsoupError(f"--bank-size needs a linear pool (mean or sum), not '{cfg.pool}'")
+        if cfg.pool not in ("mean", "sum", "centered"):
+            raise RagsoupError(f"--bank-size needs a linear pool (mean, sum or centered), not '{cfg.pool}'")
         self.cfg = cfg
         self.rows: torch.Tensor | None = None
 
@@ -331,6 +331,7 @@ class FillerBank:
         seqs = [passage_ids(tok, src.passage(rng, self.cfg.passage_chars), self.cfg.max_tokens)
                 for _ in range(self.cfg.bank_size)]
         self.rows = encode_rows(model, seqs, tok.pad_id, 64, grad=False).float()
+        self.background = self.rows.mean(0)  # [D]: the current model's background state, for the centered pool
 
     def sums(self, n_each: int, batch: int, step: int) -> torch.Tensor:
         """[batch, D]: for each example, the sum of n_each bank rows drawn with replacement."""
@@ -372,12 +373,15 @@ def loss_on_batch(model: Mamba2LM, tok: Tokenizer, cfg: TrainConfig, k: int, bat
         if bank is not None and k > k_fresh:
             rows = encode_rows(enc, seqs, tok.pad_id, cfg.ckpt_group, grad=not cfg.freeze_encoder)
             total = rows.view(len(batch), k_fresh, -1).sum(1) + bank.sums(k - k_fresh, len(batch), step)
+            if cfg.pool == "centered":
+                total = centre(total / k, bank.background, k)
             pooled = unflatten_states(total / k if cfg.pool == "mean" else total, model.cfg)
         elif is_kv_model(model):  # transformer baseline: each passage's KV cache, averaged (ragsoup.kvsoup)
             pooled = encode_pool(enc, seqs, tok.pad_id, cfg.ckpt_group, not cfg.freeze_encoder, k_fresh, cfg.pool)
         else:
             states = encode_groups(enc, seqs, tok.pad_id, cfg.ckpt_group, grad=not cfg.freeze_encoder)
-            pooled = pool_states(states, k_fresh, cfg.pool)
+            bg = bank_background(bank, model) if cfg.pool == "centered" else None
+            pooled = pool_states(states, k_fresh, cfg.pool, bg)
         qas, owner = [], []  # each question, and the example (soup) it is asked of
         for i, ex in enumerate(batch):
             for qa in [(ex.question, ex.answer)] + ex.extra[: cfg.extra_questions]:
@@ -410,13 +414,20 @@ def eval_sets(cfg: TrainConfig) -> dict[int, list[SoupExample]]:
     return out
 
 
+def bank_background(bank: FillerBank | None, model: Mamba2LM) -> States | None:
+    """The filler bank's mean state as per-layer states (batch 1), or None without a bank."""
+    return None if bank is None else unflatten_states(bank.background[None], model.cfg)
+
+
 def run_eval(model: Mamba2LM, tok: Tokenizer, cfg: TrainConfig, sets: dict[int, list[SoupExample]],
-             encoder: Mamba2LM | None = None) -> dict[str, float]:
-    """EM per k on the held-out sets."""
+             encoder: Mamba2LM | None = None, bank: FillerBank | None = None) -> dict[str, float]:
+    """EM per k on the held-out sets (the centered pool reads the bank's mean state as its background)."""
     model.eval()
     res = {}
+    bg = bank_background(bank, model) if cfg.pool == "centered" else None
     for k, exs in sets.items():
-        preds = predict(model, tok, exs, cfg.mode, cfg.pool, max_tokens=cfg.max_tokens, encoder=encoder)
+        preds = predict(model, tok, exs, cfg.mode, cfg.pool, max_tokens=cfg.max_tokens, encoder=encoder,
+                        background=bg)
         res[f"em@{k}"] = score(preds, exs)["em"]
     model.train()
     return res
@@ -428,9 +439,9 @@ Log = Callable[[dict], None]
 def train(cfg: TrainConfig, resume: bool = False, on_log: Log | None = None, device: str = "cpu") -> Path:
     """Train (or resume) per ``cfg``; writes checkpoints and log.jsonl under cfg.out; returns the final checkpoint."""
     check_pool(cfg.pool)
-    if cfg.pool == "centered":
-        raise RagsoupError("pooling 'centered' is applied at inference to a mean-trained model: train with --pool mean, "
-                           "then run `ragsoup background` on the result")
+    if cfg.pool == "centered" and cfg.bank_size <= 0:
+        raise RagsoupError("--pool centered trains against the filler bank's mean state as its background: give "
+                           "--bank-size N (e.g. 256), then run `ragsoup background` on the result")
     if cfg.mode not in ("soup", "concat"):
         raise RagsoupError(f"unknown mode '{cfg.mode}': use soup or concat")
     if cfg.arch not in ("mamba2", "transformer"):
@@ -486,7 +497,7 @@ def train(cfg: TrainConfig, resume: bool = False, on_log: Log | None = None, dev
                    "tok_per_s": round(tok_acc / (now - t_last), 1)}
             t_last, ex_acc, tok_acc = now, 0, 0
             if cfg.eval_every > 0 and (step % cfg.eval_every == 0 or step == stop):
-                rec["eval"] = run_eval(model, tok, cfg, sets, encoder)
+                rec["eval"] = run_eval(model, tok, cfg, sets, encoder, bank)
                 t_last = time.perf_counter()
             log(rec)
             if step % cfg.save_every == 0 or step == stop:

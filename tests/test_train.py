@@ -240,7 +240,7 @@ def test_resume_without_checkpoint_raises(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "kw,msg", [({"pool": "avg"}, "pooling"), ({"pool": "centered"}, "ragsoup background"), ({"mode": "rnn"}, "mode"),
+    "kw,msg", [({"pool": "avg"}, "pooling"), ({"pool": "centered"}, "bank-size"), ({"mode": "rnn"}, "mode"),
                ({"k_min": 4, "k_max": 2}, "k-min")]
 )
 def test_bad_config_raises(tmp_path, kw, msg):
@@ -364,6 +364,34 @@ def test_filler_bank_training_step_runs_and_matches_plain_soup_when_k_fits():
         a, _ = loss_on_batch(model, tok, cfg, 3, batch, bank, 0)
         b, _ = loss_on_batch(model, tok, cfg, 3, batch, None, 0)
     assert torch.allclose(a, b)
+
+
+def test_centered_training_reads_the_bank_mean_as_background():
+    from dataclasses import replace as dc_replace
+
+    from ragsoup.model import Mamba2Config, Mamba2LM
+    from ragsoup.tokenizer import ByteTokenizer
+    from ragsoup.train import FillerBank, TrainConfig, loss_on_batch, make_batch
+
+    torch.manual_seed(0)
+    model = Mamba2LM(Mamba2Config(d_model=32, n_layer=2, vocab_size=264, d_state=8, headdim=16, chunk_size=8))
+    tok = ByteTokenizer()
+    cfg = TrainConfig(tasks="needle:1", pool="centered", k_min=16, k_max=16, batch_size=2, passage_chars=80,
+                      ckpt_group=0, bank_size=6, fresh_max=3)
+    bank = FillerBank(cfg)
+    bank.refresh(model, tok, 0)
+    torch.testing.assert_close(bank.background, bank.rows.mean(0))
+    k, batch = make_batch(cfg, 0)
+    loss, _ = loss_on_batch(model, tok, cfg, k, batch, bank, 0)  # 3 fresh passages + 13 from the bank
+    loss.backward()
+    assert torch.isfinite(loss) and model.backbone.layers[0].mixer.in_proj.weight.grad.abs().sum() > 0
+    # one passage: the centered soup is that passage's state, so the loss is the mean pool's, whatever the background
+    one = dc_replace(cfg, k_min=1, k_max=1)
+    _, single = make_batch(one, 0)
+    with torch.no_grad():
+        a, _ = loss_on_batch(model, tok, one, 1, single, bank, 0)
+        b, _ = loss_on_batch(model, tok, dc_replace(one, pool="mean"), 1, single, None, 0)
+    torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
 
 def test_filler_bank_rejects_nonlinear_pools():
