@@ -80,9 +80,9 @@ def test_gradients_flow_through_the_encoder_unless_frozen(monkeypatch):
     real_pool = T.pool_states
     seen = {}
 
-    def detached_pool(states, k, op="mean"):
+    def detached_pool(states, k, op="mean", background=None):
         seen["requires_grad"] = any(t.requires_grad for s in states for t in s)
-        return real_pool([type(s)(*(t.detach() for t in s)) for s in states], k, op)
+        return real_pool([type(s)(*(t.detach() for t in s)) for s in states], k, op, background)
 
     monkeypatch.setattr(T, "pool_states", detached_pool)
     loss_det, g_det = _grads(model, cfg, k, batch)
@@ -117,8 +117,8 @@ def test_decoder_loss_depends_on_the_pooled_state(monkeypatch):
     model, tok = _model()
     real_pool, cap = T.pool_states, {}
 
-    def spy(states, k, op="mean"):
-        out = real_pool(states, k, op)
+    def spy(states, k, op="mean", background=None):
+        out = real_pool(states, k, op, background)
         for s in out:
             for t in s:
                 t.retain_grad()
@@ -139,9 +139,9 @@ def test_frozen_encoder_states_do_not_require_grad(monkeypatch):
     model, tok = _model()
     real_pool, seen = T.pool_states, {}
 
-    def spy(states, k, op="mean"):
+    def spy(states, k, op="mean", background=None):
         seen["requires_grad"] = any(t.requires_grad for s in states for t in s)
-        return real_pool(states, k, op)
+        return real_pool(states, k, op, background)
 
     monkeypatch.setattr(T, "pool_states", spy)
     loss, _ = loss_on_batch(model, tok, cfg, k, batch)
