@@ -41,10 +41,15 @@ def _no_background() -> RagsoupError:
                         "weights): create it with `ragsoup background MODEL`, or use --pool mean")
 
 
-def centre(mean: Tensor, background: Tensor, k: int) -> Tensor:
-    """In place: mean -> background + sqrt(k) * (mean - background), the ``centered`` soup from a mean."""
+def centre(mean: Tensor, background: Tensor | None, k: int) -> Tensor:
+    """In place: mean -> background + sqrt(k) * (mean - background), the ``centered`` soup from a mean.
+
+    The one place that needs the background: without it, the error says how to make one.
+    """
+    if background is None:
+        raise _no_background()
     g = math.sqrt(k)
-    return mean.mul_(g).add_(background.to(mean.dtype), alpha=1.0 - g)
+    return mean.mul_(g).add_(background.to(mean.device, mean.dtype), alpha=1.0 - g)
 
 
 def pool(x: Tensor, op: str, background: Tensor | None = None) -> Tensor:
@@ -52,9 +57,8 @@ def pool(x: Tensor, op: str, background: Tensor | None = None) -> Tensor:
     check_pool(op)
     x = x if x.dtype in (torch.float32, torch.float64) else x.float()
     if op == "centered":
-        if background is None:
-            raise _no_background()
-        return centre(x.mean(1), background.reshape(-1, x.shape[-1]), x.shape[1])
+        bg = None if background is None else background.reshape(-1, x.shape[-1])
+        return centre(x.mean(1), bg, x.shape[1])
     if op == "mean":
         return x.mean(1)
     if op == "sum":
@@ -74,14 +78,12 @@ def pool_states(states: States, k: int, op: str = "mean", background: States | N
 
     ``background``: the model's background state (batch 1), needed by ``centered`` only.
     """
-    if op == "centered" and background is None:
-        raise _no_background()
     out: States = []
     for i, st in enumerate(states):
         comps = []
         for j, t in enumerate(st):
             bk = t.shape[0]
-            bg = background[i][j] if op == "centered" else None
+            bg = None if background is None else background[i][j]  # read by centered only
             pooled = pool(t.reshape(bk // k, k, -1), op, bg)
             comps.append(pooled.reshape(bk // k, *t.shape[1:]).to(t.dtype))
         out.append(LayerState(*comps))
@@ -100,8 +102,6 @@ def soup_rows(rows: np.ndarray | Tensor, op: str, segments: list[tuple[int, int]
     """
     check_pool(op)
     if op == "centered":
-        if background is None:
-            raise _no_background()
         return centre(soup_rows(rows, "mean", segments, index), background, len(rows) if index is None else len(index))
     r = torch.from_numpy(np.asarray(rows)) if not isinstance(rows, Tensor) else rows
     order = list(range(r.shape[0])) if index is None else [int(i) for i in index]

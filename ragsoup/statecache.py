@@ -79,12 +79,13 @@ class DeviceStateCache:
         if len(idx) == 0:
             raise RagsoupError("cannot soup zero passages")
         rows = self.gather(idx)
-        if op in ("mean", "sum"):
+        if op in ("mean", "sum", "centered"):
             acc = rows.sum(0, dtype=torch.float32)  # fp32 accumulation on the device
-            return acc / len(idx) if op == "mean" else acc
-        if op == "centered" and background is not None:
-            return centre(rows.sum(0, dtype=torch.float32).div_(len(idx)), background.to(rows.device), len(idx))
-        return soup_rows(rows, op, segments, background=background)
+            if op == "sum":
+                return acc
+            acc.div_(len(idx))
+            return acc if op == "mean" else centre(acc, background, len(idx))
+        return soup_rows(rows, op, segments)
 
     @property
     def used_mb(self) -> float:
