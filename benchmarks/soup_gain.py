@@ -22,21 +22,13 @@ import random
 
 import torch
 
+from ragsoup.background import background_passages
 from ragsoup.checkpoint import load_model
-from ragsoup.encode import encode_token_batch
-from ragsoup.generate import batch_states, generate
+from ragsoup.evaluate import soup_state
+from ragsoup.generate import generate
 from ragsoup.metrics import best_em_f1
 from ragsoup.model import LayerState, States
-from ragsoup.soup import pool_states
-from ragsoup.tasks import FillerSource, ProseFiller, generate_example
-from ragsoup.tokenizer import passage_ids
-
-
-def encode(model, tok, docs: list[str], batch: int = 64) -> States:
-    """Final states of each passage encoded alone: batch = len(docs)."""
-    seqs = [passage_ids(tok, d, 1024) for d in docs]
-    parts = [encode_token_batch(model, seqs[i : i + batch], tok.pad_id) for i in range(0, len(seqs), batch)]
-    return parts[0] if len(parts) == 1 else batch_states(parts)
+from ragsoup.tasks import ProseFiller, generate_example
 
 
 def amplify(mean: States, bg: States, gain: float, parts: str) -> States:
@@ -48,18 +40,18 @@ def amplify(mean: States, bg: States, gain: float, parts: str) -> States:
     return out
 
 
-def background_passages(a: argparse.Namespace, haystack: ProseFiller | None) -> list[str]:
-    """``--bg`` passages whose mean state is the background: filler only (template, or prose from a file), or
-    every passage of other examples of the task, gold ones included (as an index's mean state would be)."""
+def background_texts(a: argparse.Namespace, haystack: ProseFiller | None) -> list[str]:
+    """``--bg`` passages whose mean state is the background: filler only (template, or prose from a file, as
+    `ragsoup background` draws them), or every passage of other examples of the task, gold ones included (as an
+    index's mean state would be)."""
+    if a.bg_from != "task":
+        return background_passages("template" if a.bg_from == "filler" else a.bg_from, a.bg, a.seed + 1, 200)
     rng = random.Random(a.seed + 1)
-    if a.bg_from == "task":
-        corpus: list[str] = []
-        while len(corpus) < a.bg:
-            kw = {"filler": haystack} if haystack else {}
-            corpus += generate_example(a.task, rng, min(a.k, 64), **kw).docs
-        return corpus[: a.bg]
-    source = FillerSource() if a.bg_from == "filler" else ProseFiller(a.bg_from)
-    return [source.passage(rng, 200) for _ in range(a.bg)]
+    corpus: list[str] = []
+    while len(corpus) < a.bg:
+        kw = {"filler": haystack} if haystack else {}
+        corpus += generate_example(a.task, rng, min(a.k, 64), **kw).docs
+    return corpus[: a.bg]
 
 
 @torch.inference_mode()
@@ -85,12 +77,12 @@ def main() -> None:
     model, tok = loaded.model, loaded.tokenizer
     exps = [float(e) for e in a.exponents.split(",")]
     haystack = ProseFiller(a.filler) if a.filler else None
-    bg = pool_states(encode(model, tok, background_passages(a, haystack)), a.bg, "mean")
+    bg = soup_state(model, tok, background_texts(a, haystack), "mean", batch_size=64)  # mean state, batch 1
     rng = random.Random(a.seed)
     hits = {e: 0 for e in exps}
     for _ in range(a.n):
         ex = generate_example(a.task, rng, a.k, **({"filler": haystack} if haystack else {}))
-        mean = pool_states(encode(model, tok, list(ex.docs)), a.k, "mean")
+        mean = soup_state(model, tok, ex.docs, "mean", batch_size=64)
         for e in exps:
             ans = generate(model, tok, amplify(mean, bg, a.k ** e, a.parts), [ex.question], 12)[0]
             hits[e] += best_em_f1(ans, ex.answers)[0]
