@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Sequence
 
+import numpy as np
 import torch
 
 from ragsoup.background import load_background, model_background
@@ -15,8 +16,8 @@ from ragsoup.checkpoint import Loaded, load_model
 from ragsoup.errors import RagsoupError
 from ragsoup.generate import generate
 from ragsoup.indexdir import DEFAULT_INDEX, read_manifest, read_passages
-from ragsoup.retrieve import get_embedder, load_index, search
-from ragsoup.soup import check_pool, soup_rows
+from ragsoup.retrieve import get_embedder, load_index, score_passages, search
+from ragsoup.soup import DEFAULT_TEMPERATURE, check_pool, check_weighting, relevance_weights, soup_rows
 from ragsoup.statecache import DeviceStateCache
 from ragsoup.store import StateStore, segments, unflatten_states
 
@@ -30,11 +31,13 @@ class AskResult:
     passages: list[dict]
     timings_ms: dict
     notices: list[str] = field(default_factory=list)
+    weights: str = "uniform"
 
     def to_json(self) -> dict:
         """The `ask --json` object."""
         d = asdict(self)
-        d["passages"] = [{"id": p["id"], "score": p["score"], "text": p["text"]} for p in self.passages]
+        d["passages"] = [{"id": p["id"], "score": p["score"], "weight": p["weight"], "text": p["text"]}
+                         for p in self.passages]
         d.pop("notices")
         return d
 
@@ -70,15 +73,18 @@ class Engine:
         # stream from the memory map straight into the soup
         self.cache = DeviceStateCache(self.store.view(), self.device, cache_mb) if self.device == "cuda" else None
 
-    def ask(self, question: str, k: int = 5, pool: str = "mean", max_new_tokens: int = 32) -> AskResult:
+    def ask(self, question: str, k: int = 5, pool: str = "mean", max_new_tokens: int = 32,
+            weights: str | None = None, temperature: float = DEFAULT_TEMPERATURE) -> AskResult:
         """Answer one question from the soup of its top-k passages' states."""
-        return self.ask_batch([question], k, pool, max_new_tokens)[0]
+        return self.ask_batch([question], k, pool, max_new_tokens, weights, temperature)[0]
 
-    def ask_batch(self, questions: Sequence[str], k: int = 5, pool: str = "mean",
-                  max_new_tokens: int = 32) -> list[AskResult]:
+    def ask_batch(self, questions: Sequence[str], k: int = 5, pool: str = "mean", max_new_tokens: int = 32,
+                  weights: str | None = None, temperature: float = DEFAULT_TEMPERATURE) -> list[AskResult]:
         """Answer several questions at once: one embedding call, one FAISS search, one batched decode.
 
         Each question gets its own top-k soup; timings are the batch's per stage, divided by its size.
+        ``weights``: "retrieval" weighs each passage by softmax(score / temperature), "uniform" is the plain soup;
+        None: retrieval where the pooling takes weights (mean, centered), else uniform.
         """
         questions = [q.strip() for q in questions]
         if not questions or not all(questions):
@@ -86,6 +92,7 @@ class Engine:
         if k <= 0:
             raise RagsoupError(f"--k must be at least 1 (got {k})")
         check_pool(pool)
+        weights = check_weighting(weights, pool, temperature)
         if pool == "centered" and self.background is None:
             raise RagsoupError(f"pooling 'centered' needs the model's background state: create it with "
                                f"`ragsoup background {self.loaded.path}`, or use --pool mean")
@@ -96,14 +103,19 @@ class Engine:
         t0 = time.perf_counter()
         scores, rows = search(self.faiss, self.embedder.encode(list(questions)), k)
         t1 = time.perf_counter()
+        w_all = relevance_weights(scores, temperature) if weights == "retrieval" else None  # [n, k]
         # each question's k rows stream, in file order, straight from the memory map into its fp32 soup (one pass)
-        if self.cache is not None:
-            souped = torch.stack([self.cache.soup(sorted(r), pool, self.segments, self.background)
-                                  for r in rows.tolist()])
-        else:
-            view = self.store.view()
-            souped = torch.stack([soup_rows(view, pool, self.segments, index=sorted(r), background=self.background)
-                                  for r in rows.tolist()])
+        view = self.store.view() if self.cache is None else None
+        soups = []
+        for i, r in enumerate(rows.tolist()):
+            order = sorted(range(len(r)), key=r.__getitem__)
+            idx = [r[j] for j in order]
+            w = None if w_all is None else w_all[i, order]
+            if self.cache is not None:
+                soups.append(self.cache.soup(idx, pool, self.segments, self.background, w))
+            else:
+                soups.append(soup_rows(view, pool, self.segments, index=idx, background=self.background, weights=w))
+        souped = torch.stack(soups)
         states = unflatten_states(souped.to(self.device), self.loaded.model.cfg)
         if self.device == "cuda":
             torch.cuda.synchronize()
@@ -114,21 +126,26 @@ class Engine:
         ms = lambda a, b: round((b - a) * 1000 / n, 3)  # noqa: E731
         timings = {"retrieve": ms(t0, t1), "soup": ms(t1, t2), "decode": ms(t2, t3), "total": ms(t0, t3)}
         out = []
-        for question, answer, r_row, s_row in zip(questions, answers, rows.tolist(), scores.tolist()):
+        for i, (question, answer, r_row, s_row) in enumerate(zip(questions, answers, rows.tolist(), scores.tolist())):
+            ws = [1.0 / len(r_row)] * len(r_row) if w_all is None else w_all[i].tolist()
             passages = [
-                {"id": self.passages[r].id, "score": round(float(sc), 4), "text": self.passages[r].text,
-                 "title": self.passages[r].title, "source": self.passages[r].source}
-                for r, sc in zip(r_row, s_row)
+                {"id": self.passages[r].id, "score": round(float(sc), 4), "weight": round(float(wt), 4),
+                 "text": self.passages[r].text, "title": self.passages[r].title, "source": self.passages[r].source}
+                for r, sc, wt in zip(r_row, s_row, ws)
             ]
-            out.append(AskResult(question, answer, k, pool, passages, dict(timings), list(notices)))
+            out.append(AskResult(question, answer, k, pool, passages, dict(timings), list(notices), weights))
         return out
 
 
 def ask_document(
     doc: str | Path, question: str, model: str | Path | None = None, chunk_chars: int = 200, pool: str = "mean",
-    max_new_tokens: int = 32, device: str = "auto",
+    max_new_tokens: int = 32, device: str = "auto", weights: str | None = None,
+    temperature: float = DEFAULT_TEMPERATURE,
 ) -> AskResult:
-    """Long-document mode: split one document into segments, encode each alone, soup them all, answer."""
+    """Long-document mode: split one document into segments, encode each alone, soup them all, answer.
+
+    ``weights="retrieval"`` weighs each segment by its embedder score for the question (softmax / temperature).
+    """
     from ragsoup.corpus import chunk_text
     from ragsoup.evaluate import soup_state
 
@@ -136,6 +153,7 @@ def ask_document(
     if not question:
         raise RagsoupError("the question is empty: ask something, e.g. ragsoup ask --doc FILE \"What is ...?\"")
     check_pool(pool)
+    weights = check_weighting(weights, pool, temperature)
     path = Path(doc)
     try:
         text = path.read_text(encoding="utf-8")
@@ -149,12 +167,16 @@ def ask_document(
     dev = pick_device(device)
     loaded = load_model(model, device=dev)
     t0 = time.perf_counter()
-    states = soup_state(loaded.model, loaded.tokenizer, segments, pool, background=model_background(loaded))
+    scores = (score_passages(get_embedder(None, dev), question, segments) if weights == "retrieval"
+              else np.zeros(len(segments), dtype=np.float32))
+    w = relevance_weights(scores, temperature) if weights == "retrieval" else None
+    states = soup_state(loaded.model, loaded.tokenizer, segments, pool, background=model_background(loaded), weights=w)
     t1 = time.perf_counter()
     answer = generate(loaded.model, loaded.tokenizer, states, [question], max_new_tokens)[0]
     t2 = time.perf_counter()
-    passages = [{"id": f"{path.name}#{i}", "score": 0.0, "text": s, "title": path.name, "source": str(path)}
-                for i, s in enumerate(segments)]
+    ws = [1.0 / len(segments)] * len(segments) if w is None else w.tolist()
+    passages = [{"id": f"{path.name}#{i}", "score": round(float(sc), 4), "weight": round(float(wt), 4), "text": s,
+                 "title": path.name, "source": str(path)} for i, (s, sc, wt) in enumerate(zip(segments, scores, ws))]
     timings = {"retrieve": 0.0, "soup": round((t1 - t0) * 1000, 3), "decode": round((t2 - t1) * 1000, 3),
                "total": round((t2 - t0) * 1000, 3)}
-    return AskResult(question, answer, len(segments), pool, passages, timings)
+    return AskResult(question, answer, len(segments), pool, passages, timings, weights=weights)

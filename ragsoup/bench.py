@@ -93,6 +93,7 @@ class EvalResult:
     n: int
     em: float
     f1: float
+    weights: str = "uniform"
 
     def to_json(self) -> dict:
         """The `eval --json` object."""
@@ -186,21 +187,28 @@ def run_eval(task: str, data: str | Path | None = None, k: int = 5, mode: str = 
              batch_size: int = 8, max_new_tokens: int = 32, max_tokens: int = 1024,
              on_start: Callable[[int], None] | None = None,
              on_batch: Callable[[int], None] | None = None, filler: str | Path | None = None,
-             encoder: str | Path | None = None, split: str = "all", passage_chars: int | None = None) -> EvalResult:
+             encoder: str | Path | None = None, split: str = "all", passage_chars: int | None = None,
+             weights: str = "uniform", temperature: float | None = None) -> EvalResult:
     """Predict and score `task` examples (gold + distractor passages given, no retrieval); EM/F1 in percent.
 
     ``encoder``: a checkpoint that encodes the passages instead of ``model`` (decoder-only finetuned models).
     ``passage_chars``: generated tasks' passage length (default: the length the model was trained on).
+    ``weights="retrieval"``: weigh each example's passages by the embedder's scores for its question, as ``ask``
+    does with the retrieved ones (softmax / temperature); the embedder then does part of the reading.
     """
     from ragsoup.background import model_background
     from ragsoup.checkpoint import load_model
     from ragsoup.device import pick_device
     from ragsoup.evaluate import predict, score
-    from ragsoup.soup import check_pool
+    from ragsoup.soup import DEFAULT_TEMPERATURE, check_pool, check_weighting
 
     if mode not in MODES:
         raise RagsoupError(f"unknown mode '{mode}': use soup or concat")
     check_pool(pool)
+    temperature = DEFAULT_TEMPERATURE if temperature is None else temperature
+    check_weighting(weights, pool, temperature)
+    if weights == "retrieval" and mode != "soup":
+        raise RagsoupError("--weights retrieval weighs a soup's passages: use it with --mode soup")
     _check_positive("--batch-size", batch_size)
     if task not in EVAL_TASKS:  # before loading anything
         raise RagsoupError(f"unknown task '{task}': use one of {', '.join(EVAL_TASKS)}")
@@ -220,9 +228,10 @@ def run_eval(task: str, data: str | Path | None = None, k: int = 5, mode: str = 
     if on_start:
         on_start(len(examples))
     background = model_background(states_from) if pool == "centered" else None  # the encoder's states' background
+    w = example_weights(examples, temperature, pick_device(device)) if weights == "retrieval" else None
     preds = predict(loaded.model, loaded.tokenizer, examples, mode=mode, pool=pool, batch_size=batch_size,
                     max_new_tokens=max_new_tokens, max_tokens=max_tokens, on_batch=on_batch, encoder=enc,
-                    background=background)
+                    background=background, weights=w)
     if task == "two-hop-bridge":  # scored on the country, as two-hop is; the bridge city is the model's own step
         from dataclasses import replace
 
@@ -231,7 +240,16 @@ def run_eval(task: str, data: str | Path | None = None, k: int = 5, mode: str = 
         preds = [final_answer(p) for p in preds]
         examples = [replace(ex, answer=final_answer(ex.answer), answers=[]) for ex in examples]
     s = score(preds, examples)
-    return EvalResult(task=task, mode=mode, k=k, n=s["n"], em=s["em"], f1=s["f1"])
+    return EvalResult(task=task, mode=mode, k=k, n=s["n"], em=s["em"], f1=s["f1"], weights=weights)
+
+
+def example_weights(examples: Sequence[Any], temperature: float, device: str = "cpu") -> list:
+    """Each example's relevance weights [k]: softmax of the default embedder's passage scores / temperature."""
+    from ragsoup.retrieve import get_embedder, score_passages
+    from ragsoup.soup import relevance_weights
+
+    emb = get_embedder(None, device)
+    return [relevance_weights(score_passages(emb, ex.question, ex.docs), temperature) for ex in examples]
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -341,6 +359,10 @@ class BenchConfig:
     k_max: int = 256
     modes: tuple[str, ...] = ("soup", "concat")
     pool: str = "mean"
+    # soup: "retrieval" (softmax of the retrieval scores / temperature), "uniform", or both ("uniform,retrieval":
+    # one soup row per weighting and k); None: retrieval where the pooling takes weights (mean, centered)
+    weights: str | None = None
+    temperature: float | None = None  # default: soup.DEFAULT_TEMPERATURE
     queries: int = 100
     passages: int = 4096
     model: str | None = None
@@ -384,6 +406,7 @@ class BenchRow:
     bandwidth_bound_ms: float | None = None  # soup: state_bytes_read / copy bandwidth
     load_soup_ms_p50: float | None = None  # soup: measured read + pool time
     query_batch: int = 1  # questions answered together; > 1: stage times are the batch's divided by its size
+    weights: str | None = None  # soup: uniform | retrieval
 
 
 @dataclass
@@ -399,6 +422,7 @@ class BenchResult:
     index_dir: str
     index_seconds: float  # 0 when the cached index was reused
     rows: list[BenchRow] = field(default_factory=list)
+    temperature: float | None = None  # the relevance weights' softmax temperature (soup rows with retrieval weights)
 
     def to_json(self) -> dict:
         """The `bench --json` object (and results.json)."""
@@ -482,11 +506,15 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def _ask_soup(engine: Any, questions: list[str], k: int, pool: str, max_new_tokens: int
-              ) -> list[tuple[str, list[str], dict]]:
+def _ask_soup(engine: Any, questions: list[str], k: int, pool: str, max_new_tokens: int,
+              weights: str = "uniform", temperature: float | None = None) -> list[tuple[str, list[str], dict]]:
     """Questions answered together through Engine.ask_batch: (answer, retrieved passage ids, stage ms) each."""
+    from ragsoup.soup import DEFAULT_TEMPERATURE
+
     out = []
-    for res in engine.ask_batch(questions, k=k, pool=pool, max_new_tokens=max_new_tokens):
+    t = DEFAULT_TEMPERATURE if temperature is None else temperature
+    for res in engine.ask_batch(questions, k=k, pool=pool, max_new_tokens=max_new_tokens, weights=weights,
+                                temperature=t):
         t = res.timings_ms
         stages = {"retrieve": t["retrieve"], "load_soup": t["soup"], "decode": t["decode"], "total": t["total"]}
         out.append((res.answer, [p["id"] for p in res.passages], stages))
@@ -518,7 +546,8 @@ def _ask_concat(engine: Any, question: str, k: int, max_new_tokens: int) -> tupl
 
 def bench_row(engine: Any, mode: str, k: int, questions: list[dict], pool: str,
               warmup: int, max_new_tokens: int, bandwidth_gbps: float,
-              progress: Progress | None = None, query_batch: int = 1) -> BenchRow:
+              progress: Progress | None = None, query_batch: int = 1, weights: str = "uniform",
+              temperature: float | None = None) -> BenchRow:
     """Run ``questions`` through one (mode, k) after ``warmup`` untimed queries; aggregate one row.
 
     Soup answers ``query_batch`` questions at a time (one embedding call, one batched decode); concat one.
@@ -531,7 +560,7 @@ def bench_row(engine: Any, mode: str, k: int, questions: list[dict], pool: str,
         for j in range(0, len(qs), step):
             chunk = [q["question"] for q in qs[j : j + step]]
             if mode == "soup":
-                yield from _ask_soup(engine, chunk, k, pool, max_new_tokens)
+                yield from _ask_soup(engine, chunk, k, pool, max_new_tokens, weights, temperature)
             else:
                 yield _ask_concat(engine, chunk[0], k, max_new_tokens)
 
@@ -562,7 +591,7 @@ def bench_row(engine: Any, mode: str, k: int, questions: list[dict], pool: str,
         latency_ms_p50=round(percentile(totals, 50), 3), latency_ms_p95=round(percentile(totals, 95), 3),
         stages_ms_p50=p50, peak_mem_mb=None if mem.peak_mb is None else round(mem.peak_mb, 1),
         peak_mem_growth_mb=None if mem.growth_mb is None else round(mem.growth_mb, 1), state_bytes_read=state_bytes,
-        query_batch=step,
+        query_batch=step, weights=weights if mode == "soup" else None,
     )
     if mode == "soup":
         row.bandwidth_bound_ms = round(state_bytes / (bandwidth_gbps * 1e9) * 1000, 4) if bandwidth_gbps > 0 else None
@@ -572,7 +601,7 @@ def bench_row(engine: Any, mode: str, k: int, questions: list[dict], pool: str,
 
 def run_bench(cfg: BenchConfig, progress: Progress | None = None) -> BenchResult:
     """Index (or reuse) the bench corpus, then sweep k over powers of two for each mode; one row per (mode, k)."""
-    from ragsoup.soup import check_pool
+    from ragsoup.soup import DEFAULT_TEMPERATURE, check_pool, check_weighting
 
     if cfg.task not in BENCH_TASKS:
         raise RagsoupError(f"unknown bench task '{cfg.task}': use one of {', '.join(BENCH_TASKS)}")
@@ -580,6 +609,9 @@ def run_bench(cfg: BenchConfig, progress: Progress | None = None) -> BenchResult
     if bad or not cfg.modes:
         raise RagsoupError(f"unknown mode(s) {', '.join(bad) or '(none)'}: --modes takes soup, concat or soup,concat")
     check_pool(cfg.pool)
+    temperature = DEFAULT_TEMPERATURE if cfg.temperature is None else cfg.temperature
+    weightings = ([check_weighting(None, cfg.pool, temperature)] if cfg.weights is None else
+                  [check_weighting(w.strip(), cfg.pool, temperature) for w in cfg.weights.split(",")])
     for name, v in (("--k", cfg.k_max), ("--max-new-tokens", cfg.max_new_tokens), ("--queries", cfg.queries),
                     ("--query-batch", cfg.query_batch),
                     ("--passages", cfg.passages),
@@ -610,14 +642,16 @@ def run_bench(cfg: BenchConfig, progress: Progress | None = None) -> BenchResult
                          n_passages=len(engine.passages),
                          passage_chars=resolve_passage_chars(cfg.passage_chars, lambda: engine.loaded.meta),
                          index_dir=str(index_dir),
-                         index_seconds=round(index_seconds, 2))
-    for mode in cfg.modes:
+                         index_seconds=round(index_seconds, 2),
+                         temperature=DEFAULT_TEMPERATURE if cfg.temperature is None else cfg.temperature)
+    runs = [(m, w) for m in cfg.modes for w in (weightings if m == "soup" else ["uniform"])]
+    for mode, weights in runs:
         for k in ks:
             if mode == "concat" and k > concat_max_k:
                 continue
             qs = questions if mode == "soup" else questions[:concat_n]
             result.rows.append(bench_row(engine, mode, k, qs, cfg.pool, cfg.warmup, cfg.max_new_tokens,
-                                         bandwidth, progress, cfg.query_batch))
+                                         bandwidth, progress, cfg.query_batch, weights, cfg.temperature))
     return result
 
 
@@ -625,8 +659,8 @@ def run_bench(cfg: BenchConfig, progress: Progress | None = None) -> BenchResult
 # bench: files
 # --------------------------------------------------------------------------------------------------------------
 
-CSV_FIELDS = ("mode", "k", "pool", "n_queries", "em", "f1", "recall_at_k", "recall_all_at_k", "latency_ms_p50",
-              "latency_ms_p95", "peak_mem_mb", "peak_mem_growth_mb", "state_bytes_read", "bandwidth_bound_ms",
+CSV_FIELDS = ("mode", "k", "pool", "weights", "n_queries", "em", "f1", "recall_at_k", "recall_all_at_k",
+              "latency_ms_p50", "latency_ms_p95", "peak_mem_mb", "peak_mem_growth_mb", "state_bytes_read", "bandwidth_bound_ms",
               "load_soup_ms_p50")
 
 
@@ -664,8 +698,9 @@ def plot_results(result: BenchResult, out: Path) -> list[Path]:
 
     by_mode: dict[str, list[BenchRow]] = {}
     for r in result.rows:
-        by_mode.setdefault(r.mode, []).append(r)
-    style = {"soup": dict(color="tab:green", marker="o"), "concat": dict(color="tab:red", marker="s")}
+        by_mode.setdefault(r.mode if r.mode != "soup" else f"soup ({r.pool}, {r.weights} weights)", []).append(r)
+    style = {"concat": dict(color="tab:red", marker="s"), "uniform": dict(color="tab:green", marker="o"),
+             "retrieval": dict(color="tab:blue", marker="^")}
     paths = []
     for name, ylabel, get, logy in (
         ("em_vs_k.png", "exact match (%)", lambda r: r.em, False),
@@ -674,10 +709,11 @@ def plot_results(result: BenchResult, out: Path) -> list[Path]:
         fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
         for mode, rows in by_mode.items():
             rows = sorted(rows, key=lambda r: r.k)
-            ax.plot([r.k for r in rows], [get(r) for r in rows], label=mode, **style.get(mode, {}))
+            look = style.get(rows[0].weights or rows[0].mode, {})
+            ax.plot([r.k for r in rows], [get(r) for r in rows], label=mode, **look)
             if logy:  # shade p50..p95
                 ax.fill_between([r.k for r in rows], [get(r) for r in rows], [r.latency_ms_p95 for r in rows],
-                                alpha=0.15, color=style.get(mode, {}).get("color"))
+                                alpha=0.15, color=look.get("color"))
         ax.set_xscale("log", base=2)
         ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
         if logy:

@@ -122,6 +122,8 @@ def ask(
     k: int = typer.Option(5, "--k", help="Passages to retrieve and soup."),
     pool: str = typer.Option("mean", help="mean, sum, max, sum-norm, norm-mean or centered (needs the model's "
                              "background state: ragsoup background)."),
+    weights: Optional[str] = typer.Option(None, help="retrieval: weigh each passage by softmax(score / temperature) of its retrieval score; uniform: the plain equal-weight soup (the paper's). Default: retrieval with mean/centered pooling, else uniform."),
+    temperature: Optional[float] = typer.Option(None, help="Softmax temperature of the retrieval weights (default 0.05; larger: closer to equal weights)."),
     max_new_tokens: int = typer.Option(32, help="Answer length limit in tokens."),
     batch_size: int = typer.Option(16, help="With --questions: questions answered together (one embedding call, one batched decode)."),
     cache_mb: float = typer.Option(2048.0, help="On a GPU: MB of hot passage states kept on the device (LRU)."),
@@ -135,8 +137,9 @@ def ask(
     from ragsoup.device import set_threads
 
     set_threads(threads)
-    from ragsoup.soup import check_pool
+    from ragsoup.soup import DEFAULT_TEMPERATURE, check_pool, check_weighting
 
+    temperature = DEFAULT_TEMPERATURE if temperature is None else temperature
     if questions is None and not (question or "").strip():
         raise RagsoupError('the question is empty: ask something, e.g. ragsoup ask "What is ...?"')
     if k <= 0:
@@ -144,19 +147,26 @@ def ask(
     if batch_size <= 0:
         raise RagsoupError(f"--batch-size must be at least 1 (got {batch_size})")
     check_pool(pool)
+    weights = check_weighting(weights, pool, temperature)
+    how = dict(pool=pool, weights=weights, temperature=temperature)
     if doc is not None:
         from ragsoup.ask import ask_document
 
-        res = ask_document(doc, question or "", model=model, chunk_chars=chunk_chars, pool=pool,
-                           max_new_tokens=max_new_tokens, device=device)
-        _render_answer(res, json_out, title=f"{res.k} segments of {doc}, souped with {res.pool}")
+        res = ask_document(doc, question or "", model=model, chunk_chars=chunk_chars, max_new_tokens=max_new_tokens,
+                           device=device, **how)
+        _render_answer(res, json_out, title=f"{res.k} segments of {doc}, {_souped(res.pool, weights, temperature)}")
         return
     engine = Engine(index_dir, model=model, device=device, cache_mb=cache_mb)
     if questions is not None:
-        _ask_file(engine, questions, k, pool, max_new_tokens, json_out, batch_size)
+        _ask_file(engine, questions, k, how, max_new_tokens, json_out, batch_size)
         return
-    res = engine.ask(question, k=k, pool=pool, max_new_tokens=max_new_tokens)
-    _render_answer(res, json_out, title=f"top-{res.k} passages, souped with {res.pool}")
+    res = engine.ask(question, k=k, max_new_tokens=max_new_tokens, **how)
+    _render_answer(res, json_out, title=f"top-{res.k} passages, {_souped(res.pool, weights, temperature)}")
+
+
+def _souped(pool: str, weights: str, temperature: float) -> str:
+    """How a soup was made, for table titles."""
+    return f"souped with {pool}" + (f", weighted by retrieval score (T={temperature:g})" if weights == "retrieval" else "")
 
 
 def _render_answer(res, json_out: bool, title: str) -> None:
@@ -170,29 +180,34 @@ def _render_answer(res, json_out: bool, title: str) -> None:
     table = Table(title=escape(title), show_lines=False)
     table.add_column("#", justify="right")
     table.add_column("score", justify="right")
+    table.add_column("weight", justify="right")
     table.add_column("source")
     table.add_column("passage")
     for i, p in enumerate(res.passages, 1):
         snippet = p["text"] if len(p["text"]) <= 100 else p["text"][:97] + "..."
-        table.add_row(str(i), f"{p['score']:.3f}", escape(p["title"] or p["source"]), escape(snippet))
+        table.add_row(str(i), f"{p['score']:.3f}", f"{p['weight']:.3f}", escape(p["title"] or p["source"]), escape(snippet))
     console.print(table)
     t = res.timings_ms
     console.print(" | ".join(f"{name} {t[name]:.1f} ms" for name in ("retrieve", "soup", "decode", "total")))
 
-def _ask_file(engine, path: Path, k: int, pool: str, max_new_tokens: int, json_out: bool, batch_size: int = 16) -> None:
-    """Answer every question of a questions.jsonl file, batch_size at a time; print each, EM/F1 and recall@k."""
+def _ask_file(engine, path: Path, k: int, how: dict, max_new_tokens: int, json_out: bool, batch_size: int = 16) -> None:
+    """Answer every question of a questions.jsonl file, batch_size at a time; print each, EM/F1 and recall@k.
+
+    ``how``: the soup's pool, weights and temperature (Engine.ask_batch's arguments).
+    """
     from ragsoup.metrics import best_em_f1, gold_retrieved
     from ragsoup.tasks.files import read_questions
 
     qs = read_questions(path)
     rows, em_sum, f1_sum = [], 0.0, 0.0
-    table = Table(title=escape(f"{len(qs)} questions from {path} (k={k}, {pool})"))
+    table = Table(title=escape(f"{len(qs)} questions from {path}: top-{k}, "
+                               f"{_souped(how['pool'], how['weights'], how['temperature'])}"))
     for col in ("question", "expected", "answer", "ok"):
         table.add_column(col)
     results = []
     for i in range(0, len(qs), batch_size):
-        results += engine.ask_batch([q["question"] for q in qs[i : i + batch_size]], k=k, pool=pool,
-                                    max_new_tokens=max_new_tokens)
+        results += engine.ask_batch([q["question"] for q in qs[i : i + batch_size]], k=k,
+                                    max_new_tokens=max_new_tokens, **how)
     hits = hits_all = 0
     for q, res in zip(qs, results):
         em, f1 = best_em_f1(res.answer, q.get("answers") or [q["answer"]])
@@ -204,7 +219,7 @@ def _ask_file(engine, path: Path, k: int, pool: str, max_new_tokens: int, json_o
                      "gold_retrieved": found, "total_ms": res.timings_ms["total"]})
         table.add_row(escape(q["question"]), escape(q["answer"]), escape(res.answer), "[green]yes[/]" if em else "[red]no[/]")
     n = max(len(qs), 1)
-    summary = {"n": len(qs), "k": k, "pool": pool, "em": 100 * em_sum / n, "f1": 100 * f1_sum / n,
+    summary = {"n": len(qs), "k": k, **how, "em": 100 * em_sum / n, "f1": 100 * f1_sum / n,
                "recall_at_k": 100 * hits / n, "recall_all_at_k": 100 * hits_all / n}
     if json_out:
         _print_json({**summary, "results": rows})
@@ -456,6 +471,8 @@ def eval_cmd(
     mode: str = typer.Option("soup", help="soup or concat (the baseline)."),
     pool: str = typer.Option("mean", help="mean, sum, max, sum-norm, norm-mean or centered (needs the model's "
                              "background state: ragsoup background)."),
+    weights: str = typer.Option("uniform", help="Soup weights: uniform (the reader alone) or retrieval (each passage weighed by softmax(score / temperature) of the embedder's score, as ask does)."),
+    temperature: Optional[float] = typer.Option(None, help="Softmax temperature of the retrieval weights (default 0.05; larger: closer to equal weights)."),
     limit: Optional[int] = typer.Option(None, "--limit", help="Questions to score (generated tasks: default 200; files: all)."),
     model: Optional[str] = typer.Option(None, help="Checkpoint directory or shipped model name (default: the shipped default)."),
     seed: int = typer.Option(0, help="Seed (distractor choice, generated examples)."),
@@ -489,14 +506,16 @@ def eval_cmd(
 
         res = run_eval(task, data, k=k, mode=mode, pool=pool, limit=limit, model=model, seed=seed, device=device,
                        batch_size=batch_size, max_new_tokens=max_new_tokens, on_start=on_start, on_batch=on_batch,
-                       filler=filler, encoder=encoder, split=split, passage_chars=passage_chars)
+                       filler=filler, encoder=encoder, split=split, passage_chars=passage_chars,
+                       weights=weights, temperature=temperature)
     if json_out:
         _print_json(res.to_json())
         return
     table = Table(title="given passages, no retrieval")
-    for col in ("task", "mode", "k", "pool", "n", "EM", "F1"):
+    for col in ("task", "mode", "k", "pool", "weights", "n", "EM", "F1"):
         table.add_column(col, justify="right" if col in ("k", "n", "EM", "F1") else "left")
-    table.add_row(res.task, res.mode, str(res.k), pool if res.mode == "soup" else "-", str(res.n),
+    table.add_row(res.task, res.mode, str(res.k), pool if res.mode == "soup" else "-",
+                  res.weights if res.mode == "soup" else "-", str(res.n),
                   f"{res.em:.1f}", f"{res.f1:.1f}")
     console.print(table)
 
@@ -509,6 +528,8 @@ def bench(
     modes: str = typer.Option("soup,concat", "--modes", help="Comma-separated: soup, concat."),
     pool: str = typer.Option("mean", help="mean, sum, max, sum-norm, norm-mean or centered (needs the model's "
                              "background state: ragsoup background)."),
+    weights: Optional[str] = typer.Option(None, help="Soup weights: retrieval (softmax(score / temperature) of each passage's retrieval score), uniform (the plain soup), or uniform,retrieval (both, one row each). Default: retrieval with mean/centered pooling, else uniform."),
+    temperature: Optional[float] = typer.Option(None, help="Softmax temperature of the retrieval weights (default 0.05; larger: closer to equal weights)."),
     queries: Optional[int] = typer.Option(None, "--queries", help="Queries per soup row (default 100; --quick 16)."),
     passages: Optional[int] = typer.Option(None, "--passages", help="Generated corpus size (default 4096; --quick 256)."),
     concat_max_k: Optional[int] = typer.Option(None, "--concat-max-k", help="Largest k for concat (default: --k)."),
@@ -532,7 +553,7 @@ def bench(
 
     set_threads(threads)
     mode_list = tuple(m.strip() for m in modes.split(",") if m.strip())
-    given = dict(task=task, k_max=k, modes=mode_list, pool=pool, queries=queries, passages=passages,
+    given = dict(task=task, k_max=k, modes=mode_list, pool=pool, weights=weights, temperature=temperature, queries=queries, passages=passages,
                  concat_max_k=concat_max_k, concat_queries=concat_queries, model=model, seed=seed, device=device,
                  max_new_tokens=max_new_tokens, cache_dir=str(cache_dir) if cache_dir else None, query_batch=query_batch,
                  embedder=embedder, passage_chars=passage_chars)
@@ -559,7 +580,7 @@ def bench(
     for c in ("mode", "k", "n", "EM", "F1", "R@k", "p50 ms", "p95 ms", "peak MB", "state MB/q"):
         table.add_column(c, justify="left" if c == "mode" else "right")
     for r in res.rows:
-        table.add_row(r.mode, str(r.k), str(r.n_queries), fmt(r.em), fmt(r.f1), fmt(r.recall_at_k),
+        table.add_row(_row_mode(r), str(r.k), str(r.n_queries), fmt(r.em), fmt(r.f1), fmt(r.recall_at_k),
                       fmt(r.latency_ms_p50), fmt(r.latency_ms_p95), fmt(r.peak_mem_mb, "{:.0f}"),
                       fmt(r.state_bytes_read / 2**20, "{:.2f}"))
     console.print(table)
@@ -568,7 +589,7 @@ def bench(
         stages.add_column(c, justify="left" if c == "mode" else "right")
     for r in res.rows:
         st = r.stages_ms_p50
-        stages.add_row(r.mode, str(r.k), fmt(st.get("retrieve"), "{:.2f}"), fmt(st.get("encode")),
+        stages.add_row(_row_mode(r), str(r.k), fmt(st.get("retrieve"), "{:.2f}"), fmt(st.get("encode")),
                        fmt(st.get("load_soup"), "{:.2f}"), fmt(r.bandwidth_bound_ms, "{:.3f}"), fmt(st.get("decode")),
                        fmt(st.get("total")))
     console.print(stages)
@@ -576,6 +597,11 @@ def bench(
     console.print(f"memory copy bandwidth {res.bandwidth_gbps:.1f} GB/s; index {res.index_dir} ({reused})")
     for f in files:
         console.print(f"[green]wrote[/] {f}")
+
+
+def _row_mode(row) -> str:
+    """A bench row's mode, with the soup's weighting."""
+    return row.mode if row.mode != "soup" else f"soup ({row.weights})"
 
 
 @app.command()

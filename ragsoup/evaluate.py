@@ -5,9 +5,11 @@ from __future__ import annotations
 from typing import Callable, Sequence
 
 import torch
+from torch import Tensor
 
 from ragsoup import kvsoup
 from ragsoup.encode import encode_token_batch
+from ragsoup.errors import RagsoupError
 from ragsoup.generate import batch_states, concat_states, generate
 from ragsoup.metrics import best_em_f1
 from ragsoup.model import Mamba2LM, States
@@ -20,31 +22,39 @@ MODES = ("soup", "concat")
 
 @torch.inference_mode()
 def soup_state(model: Mamba2LM, tok: Tokenizer, docs: Sequence[str], pool: str = "mean",
-               max_tokens: int = 1024, batch_size: int = 32, background: States | None = None) -> States:
-    """Encode each passage alone and pool the final states (batch of one; ``background``: for centered)."""
+               max_tokens: int = 1024, batch_size: int = 32, background: States | None = None,
+               weights: Tensor | None = None) -> States:
+    """Encode each passage alone and pool the final states (batch of one).
+
+    ``background``: for centered; ``weights`` [k]: a weighted mean or centered soup.
+    """
     if kvsoup.is_kv_model(model):  # transformer baseline: average the passages' KV caches (ragsoup.kvsoup)
+        if weights is not None:
+            raise RagsoupError("the KV-cache baseline soups with equal weights only: use --weights uniform")
         return kvsoup.soup_state(model, tok, docs, pool, max_tokens, batch_size)
     seqs = [passage_ids(tok, d, max_tokens) for d in docs]
     parts = [encode_token_batch(model, seqs[i : i + batch_size], tok.pad_id) for i in range(0, len(seqs), batch_size)]
     states = parts[0] if len(parts) == 1 else batch_states(parts)
-    return pool_states(states, len(docs), pool, background)
+    return pool_states(states, len(docs), pool, background, None if weights is None else weights.reshape(1, -1))
 
 
 def predict(model: Mamba2LM, tok: Tokenizer, examples: Sequence[SoupExample], mode: str = "soup", pool: str = "mean",
             batch_size: int = 16, max_new_tokens: int = 32, max_tokens: int = 1024,
             on_batch: Callable[[int], None] | None = None, encoder: Mamba2LM | None = None,
-            background: States | None = None) -> list[str]:
+            background: States | None = None, weights: Sequence[Tensor] | None = None) -> list[str]:
     """Greedy answers for each example, reading its docs by souping or by concatenation.
 
     ``encoder``: a separate model that encodes the passages (decoder-only finetuning keeps the original one).
     ``background``: the model's background state, for ``pool="centered"``.
+    ``weights``: per example, its passages' soup weights [k] (``relevance_weights``); None: equal weights.
     """
     out: list[str] = []
     for i in range(0, len(examples), batch_size):
         chunk = examples[i : i + batch_size]
         if mode == "soup":
-            states = [soup_state(encoder or model, tok, ex.docs, pool, max_tokens, background=background)
-                      for ex in chunk]
+            states = [soup_state(encoder or model, tok, ex.docs, pool, max_tokens, background=background,
+                                 weights=None if weights is None else weights[i + j])
+                      for j, ex in enumerate(chunk)]
         else:
             states = [concat_states(model, tok, ex.docs, max_tokens) for ex in chunk]
         batched = kvsoup.batch_kv(states) if kvsoup.is_kv_model(model) else batch_states(states)  # KV: pad lengths

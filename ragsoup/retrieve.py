@@ -9,7 +9,7 @@ import re
 import tempfile
 import threading
 from pathlib import Path
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import faiss
@@ -121,6 +121,11 @@ def get_embedder(name: str | None = None, device: str = "cpu") -> Embedder:
     """The embedder for (name, device), loaded once per process."""
     canonical = DEFAULT_EMBEDDER if name is None or name in _DEFAULT_ALIASES else str(Path(name).expanduser().resolve())
     return _cached_embedder(canonical, str(device))
+
+
+def score_passages(embedder: Embedder, question: str, passages: Sequence[str]) -> np.ndarray:
+    """The retriever's score of each passage for ``question`` (inner product of normalised embeddings), [k]."""
+    return embedder.encode(list(passages)) @ embedder.encode([question])[0]
 
 
 def _as_matrix(x: np.ndarray, what: str) -> np.ndarray:

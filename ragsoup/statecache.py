@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from ragsoup.errors import RagsoupError
-from ragsoup.soup import centre, check_pool, soup_rows
+from ragsoup.soup import centre, check_pool, effective_k, normalise_weights, soup_rows
 
 
 class DeviceStateCache:
@@ -73,12 +73,21 @@ class DeviceStateCache:
         return self.slots.index_select(0, torch.tensor([self.where[i] for i in idx], device=self.device))
 
     def soup(self, idx: Sequence[int], op: str, segments: list[tuple[int, int]],
-             background: Tensor | None = None) -> Tensor:
-        """One fp32 row [D] on the device: the rows ``idx`` pooled with ``op`` (``background``: for centered)."""
+             background: Tensor | None = None, weights: Tensor | Sequence[float] | None = None) -> Tensor:
+        """One fp32 row [D] on the device: the rows ``idx`` pooled with ``op``.
+
+        ``background``: for centered; ``weights`` [k], in ``idx``'s order: a weighted mean or centered soup.
+        """
         check_pool(op)
         if len(idx) == 0:
             raise RagsoupError("cannot soup zero passages")
         rows = self.gather(idx)
+        if weights is not None:
+            w = normalise_weights(weights, len(idx), op).to(self.device)
+            acc = torch.zeros(rows.shape[1], dtype=torch.float32, device=self.device)
+            for i in range(0, len(idx), 64):  # fp32 accumulation, 64 rows' temporary at a time
+                acc.addmv_(rows[i : i + 64].t().float(), w[i : i + 64])
+            return acc if op == "mean" else centre(acc, background, float(effective_k(w)))
         if op in ("mean", "sum", "centered"):
             acc = rows.sum(0, dtype=torch.float32)  # fp32 accumulation on the device
             if op == "sum":

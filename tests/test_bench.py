@@ -94,6 +94,20 @@ def test_bench_batched_soup_queries_answer_the_same(quick_run, tiny_model):
         assert (r["em"], r["f1"], r["recall_at_k"], r["n_queries"]) == (b["em"], b["f1"], b["recall_at_k"], 4)
 
 
+def test_bench_runs_each_soup_weighting_given(quick_run, tiny_model):
+    first, _, cache = quick_run
+    both = _bench(tiny_model, cache, "--modes", "soup,concat", "--weights", "uniform,retrieval", "--k", "2",
+                  "--concat-queries", "1", "--concat-max-k", "1")
+    assert [(r["mode"], r["weights"], r["k"]) for r in both["rows"]] == [
+        ("soup", "uniform", 1), ("soup", "uniform", 2), ("soup", "retrieval", 1), ("soup", "retrieval", 2),
+        ("concat", None, 1)]
+    assert both["temperature"] == 0.05
+    assert all(r["weights"] == "retrieval" for r in first["rows"] if r["mode"] == "soup")  # the default
+    rows = {(r["weights"], r["k"]): r for r in both["rows"] if r["mode"] == "soup"}
+    assert rows[("uniform", 1)]["em"] == rows[("retrieval", 1)]["em"]  # one passage: weights change nothing
+    assert rows[("uniform", 2)]["recall_at_k"] == rows[("retrieval", 2)]["recall_at_k"]  # same retrieval
+
+
 def test_bench_concat_caps(tiny_model, quick_run):
     _, _, cache = quick_run
     obj = _bench(tiny_model, cache, "--concat-max-k", "2", "--concat-queries", "2")
@@ -115,6 +129,7 @@ def test_bench_passage_chars_builds_its_own_corpus(tiny_model, tmp_path):
     (["--task", "squad"], "unknown bench task"),
     (["--modes", "soup,stack"], "unknown mode"),
     (["--pool", "median"], "unknown pooling"),
+    (["--pool", "max", "--weights", "retrieval"], "--weights uniform"),
     (["--k", "0"], "--k must be at least 1"),
     (["--queries", "40", "--passages", "30"], "raise --passages"),
 ])

@@ -237,21 +237,24 @@ def test_ask_human_output(built, monkeypatch):
 def test_ask_human_output_with_the_real_decoder(built):
     r = run("ask", "Where is glass made?", "--index", built["out"], "--k", "2", *ASK)
     ok(r)
-    assert "top-2 passages, souped with mean" in flat(r.stdout)
+    assert "top-2 passages, souped with mean, weighted by retrieval score (T=0.05)" in flat(r.stdout)
     assert re.search(r"total [\d.]+ ms", flat(r.stdout))
 
 
 def test_ask_json(built):
     obj = ask_json(built["out"], "Which bridge links Kobe to Awaji Island?", "--k", "3")
-    assert set(obj) == {"question", "answer", "k", "pool", "passages", "timings_ms"}
+    assert set(obj) == {"question", "answer", "k", "pool", "weights", "passages", "timings_ms"}
     assert obj["question"] == "Which bridge links Kobe to Awaji Island?"
     assert isinstance(obj["answer"], str) and obj["k"] == 3 and obj["pool"] == "mean"
+    assert obj["weights"] == "retrieval"  # the default with mean pooling
     assert len(obj["passages"]) == 3
     ids = {p["id"] for p in passages_by_source(built["out"]).values()}
     for p in obj["passages"]:
-        assert set(p) == {"id", "score", "text"} and p["id"] in ids and isinstance(p["score"], float)
+        assert set(p) == {"id", "score", "weight", "text"} and p["id"] in ids and isinstance(p["score"], float)
     scores = [p["score"] for p in obj["passages"]]
     assert scores == sorted(scores, reverse=True)
+    weights = [p["weight"] for p in obj["passages"]]  # softmax(score / 0.05): same order, sum 1
+    assert weights == sorted(weights, reverse=True) and abs(sum(weights) - 1) < 2e-3 and weights[0] > weights[-1]
     assert len({p["id"] for p in obj["passages"]}) == 3
     assert set(obj["timings_ms"]) == {"retrieve", "soup", "decode", "total"}
     assert all(v >= 0 for v in obj["timings_ms"].values())
@@ -263,6 +266,31 @@ def test_ask_json(built):
 def test_ask_json_other_pools(built, pool):
     obj = ask_json(built["out"], "tea", "--k", "2", "--pool", pool)
     assert obj["pool"] == pool and obj["k"] == 2
+    assert obj["weights"] == "uniform"  # these poolings take no weights: the default falls back to equal weights
+    assert [p["weight"] for p in obj["passages"]] == [0.5, 0.5]
+
+
+def test_retrieval_weights_interpolate_between_the_top_passage_and_the_plain_soup(built):
+    q = "Which bridge links Kobe to Awaji Island?"
+    uniform = ask_json(built["out"], q, "--k", "3", "--weights", "uniform")
+    assert uniform["weights"] == "uniform" and [p["weight"] for p in uniform["passages"]] == [0.3333] * 3
+    sharp = ask_json(built["out"], q, "--k", "3", "--temperature", "0.0001")  # all weight on the top passage
+    top1 = ask_json(built["out"], q, "--k", "1", "--weights", "uniform")
+    flat_ = ask_json(built["out"], q, "--k", "3", "--temperature", "1000")  # equal weights, to 4 decimals
+    assert sharp["passages"][0]["weight"] == 1.0
+    engine = Engine(built["out"], device="cpu")  # the soups themselves, compared through the decoder's answers
+    kw = dict(k=3, pool="mean", max_new_tokens=12)
+    assert engine.ask(q, weights="retrieval", temperature=1e-4, **kw).answer == engine.ask(
+        q, k=1, weights="uniform", max_new_tokens=12).answer
+    assert engine.ask(q, weights="retrieval", temperature=1e4, **kw).answer == engine.ask(q, weights="uniform", **kw).answer
+    assert sharp["answer"] == top1["answer"] and flat_["answer"] == uniform["answer"]
+
+
+def test_retrieval_weights_need_a_pooling_that_takes_them(built):
+    assert_error(run("ask", "tea", "--index", built["out"], *ASK, "--pool", "max", "--weights", "retrieval"),
+                 "--weights uniform")
+    assert_error(run("ask", "tea", "--index", built["out"], *ASK, "--weights", "score"), "unknown weighting")
+    assert_error(run("ask", "tea", "--index", built["out"], *ASK, "--temperature", "0"), "--temperature must be positive")
 
 
 @pytest.mark.parametrize("source", sorted(DOCS))
@@ -667,6 +695,15 @@ def test_ask_doc_soups_every_segment(model_a, tmp_path):
     assert out["k"] == len(out["passages"]) >= 4  # every segment is souped
     assert " ".join(p["text"] for p in out["passages"]).count("Sentence number") == 6
     assert set(out["timings_ms"]) == {"retrieve", "soup", "decode", "total"}
+    assert out["weights"] == "retrieval" and abs(sum(p["weight"] for p in out["passages"]) - 1) < 1e-3
+    w = {p["text"]: p["weight"] for p in out["passages"]}
+    asked = one_json(run("ask", "Sentence number four of the long document", "--doc", str(doc), "--model",
+                         str(model_a), "--chunk-chars", "60", "--json"))
+    best = max(asked["passages"], key=lambda p: p["score"])
+    assert "four" in best["text"] and best["weight"] == max(p["weight"] for p in asked["passages"])
+    even = one_json(run("ask", "What is in the document?", "--doc", str(doc), "--model", str(model_a),
+                        "--chunk-chars", "60", "--weights", "uniform", "--json"))
+    assert len({p["weight"] for p in even["passages"]}) == 1 and len(set(w.values())) > 1
 
 
 def test_ask_doc_missing_file_is_one_error_line(model_a, tmp_path):

@@ -14,7 +14,7 @@ from ragsoup.cli import app
 from ragsoup.errors import RagsoupError
 from ragsoup.tasks.files import make_corpus
 
-KEYS = {"task", "mode", "k", "n", "em", "f1"}
+KEYS = {"task", "mode", "k", "n", "em", "f1", "weights"}
 
 
 @pytest.fixture()
@@ -89,6 +89,8 @@ def test_eval_human_output_is_a_table(tiny_model):
     (["--task", "needle", "--data", "no/such/dir"], "not found"),
     (["--task", "needle", "--mode", "stack"], "unknown mode"),
     (["--task", "needle", "--k", "0"], "--k must be at least 1"),
+    (["--task", "needle", "--mode", "concat", "--weights", "retrieval"], "use it with --mode soup"),
+    (["--task", "needle", "--pool", "sum", "--weights", "retrieval"], "--weights uniform"),
 ])
 def test_eval_errors_are_one_line_and_exit_1(tiny_model, args, message):
     r = _run(["eval", *args, "--model", str(tiny_model), "--device", "cpu", "--json"])
@@ -97,6 +99,29 @@ def test_eval_errors_are_one_line_and_exit_1(tiny_model, args, message):
     lines = [line for line in r.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error:") and message in lines[0], r.stderr
     assert "Traceback" not in r.output
+
+
+def test_eval_with_retrieval_weights_weighs_the_needle_highest(tiny_model):
+    from dataclasses import replace
+
+    from ragsoup.bench import example_weights
+    from ragsoup.checkpoint import load_model
+    from ragsoup.evaluate import predict
+
+    examples = eval_examples("needle", None, 4, 3, 0, passage_chars=60)
+    weights = example_weights(examples, 0.05)
+    for ex, w in zip(examples, weights):
+        assert w.shape == (4,) and abs(float(w.sum()) - 1) < 1e-5
+        assert int(w.argmax()) == ex.gold[0]  # the embedder finds the passage that names the key
+    loaded = load_model(tiny_model, device="cpu")
+    one_hot = [torch.nn.functional.one_hot(torch.tensor(ex.gold[0]), 4).float() for ex in examples]
+    alone = [replace(ex, docs=[ex.docs[ex.gold[0]]], gold=[0]) for ex in examples]
+    args = dict(max_new_tokens=8)
+    assert predict(loaded.model, loaded.tokenizer, examples, weights=one_hot, **args) == predict(
+        loaded.model, loaded.tokenizer, alone, **args)  # a one-hot weighted soup is that passage's state
+    obj = _json(_run(["eval", "--task", "needle", "--k", "4", "--limit", "3", "--model", str(tiny_model), "--device",
+                      "cpu", "--weights", "retrieval", "--json"]))
+    assert obj["weights"] == "retrieval" and obj["n"] == 3
 
 
 def test_eval_tasks_cover_the_brief():

@@ -13,7 +13,8 @@ from hypothesis import strategies as st
 
 from ragsoup.errors import RagsoupError
 from ragsoup.model import LayerState, Mamba2Config
-from ragsoup.soup import POOLS, check_pool, pool, pool_states, soup_rows
+from ragsoup.soup import (POOLS, WEIGHTED_POOLS, check_pool, check_weighting, pool, pool_states,
+                          relevance_weights, soup_rows)
 from ragsoup.store import flatten_states, segments, unflatten_states
 
 TINY = Mamba2Config(d_model=32, n_layer=2, vocab_size=64, d_state=8, headdim=16, chunk_size=8)
@@ -282,3 +283,90 @@ def test_centered_soup_without_a_background_says_how_to_make_one():
                  lambda: pool(torch.ones(1, 2, 3), "centered")):
         with pytest.raises(RagsoupError, match="ragsoup background"):
             call()
+
+
+# ---- weighted soups (relevance weights) ----
+
+# ROWS with weights 3:1 -> mean 0.75 a + 0.25 b; centered: k_eff = 1 / (0.75^2 + 0.25^2) = 1.6
+W31 = [3.0, 1.0]
+WEIGHTED = {
+    "mean": [0.25, 4.5, 0.75, 0.5],
+    # BG + sqrt(1.6) * (weighted mean - BG)
+    "centered": [1.0 + math.sqrt(1.6) * -0.75, 2.0 + math.sqrt(1.6) * 2.5, math.sqrt(1.6) * 0.75, 1.0 - math.sqrt(1.6) * 0.5],
+}
+
+
+@pytest.mark.parametrize("op", WEIGHTED_POOLS)
+def test_weighted_soup_hand_computed(op):
+    want = torch.tensor(WEIGHTED[op])
+    bg = torch.tensor(BG)
+    torch.testing.assert_close(soup_rows(np.array(ROWS, np.float16), op, SEGS, background=bg, weights=W31), want)
+    got = pool(torch.tensor([ROWS]), op, bg, weights=torch.tensor([W31]))  # weights are normalised to sum 1
+    torch.testing.assert_close(got[0], want)
+    st = pool_states(_hand_states(), 2, op, _hand_background(), weights=torch.tensor([[0.75, 0.25]]))
+    torch.testing.assert_close(flatten_states(st)[0], want)
+
+
+@pytest.mark.parametrize("op", WEIGHTED_POOLS)
+def test_equal_weights_give_the_unweighted_soup_and_one_hot_weights_give_that_passage(op):
+    k = 5
+    states = _random_states(k, seed=31)
+    bg = _random_states(1, seed=32)
+    rows, bg_row = flatten_states(states), flatten_states(bg)[0]
+    plain = soup_rows(rows, op, segments(TINY), background=bg_row)
+    even = soup_rows(rows, op, segments(TINY), background=bg_row, weights=torch.full((k,), 0.2))
+    torch.testing.assert_close(even, plain, rtol=1e-5, atol=1e-5)
+    one_hot = soup_rows(rows, op, segments(TINY), background=bg_row, weights=[0, 0, 1, 0, 0])
+    torch.testing.assert_close(one_hot, rows[2], rtol=1e-5, atol=1e-5)  # centered: k_eff = 1, no gain
+
+
+@pytest.mark.parametrize("op", WEIGHTED_POOLS)
+def test_weighted_pool_states_agrees_with_weighted_soup_rows_per_example(op):
+    B, k = 3, 4
+    states = _random_states(B * k, seed=33)
+    bg = _random_states(1, seed=34)
+    w = torch.rand(B, k, generator=torch.Generator().manual_seed(35)) + 0.01  # a different k_eff per example
+    pooled = flatten_states(pool_states(states, k, op, bg, weights=w))
+    rows, bg_row = flatten_states(states), flatten_states(bg)[0]
+    for b in range(B):
+        got = soup_rows(rows[b * k : (b + 1) * k], op, segments(TINY), background=bg_row, weights=w[b])
+        torch.testing.assert_close(pooled[b], got, rtol=1e-5, atol=1e-5)
+
+
+def test_weighted_soup_with_an_index_takes_the_weights_in_index_order():
+    rows = flatten_states(_random_states(6, seed=36))
+    idx, w = [4, 1, 3], torch.tensor([0.5, 0.3, 0.2])
+    got = soup_rows(rows, "mean", segments(TINY), index=idx, weights=w)
+    torch.testing.assert_close(got, 0.5 * rows[4] + 0.3 * rows[1] + 0.2 * rows[3], rtol=1e-5, atol=1e-5)
+
+
+def test_relevance_weights_are_a_softmax_that_flattens_with_temperature():
+    scores = np.array([[0.7, 0.5, 0.4], [0.2, 0.2, 0.2]], np.float32)
+    w = relevance_weights(scores, 0.1)
+    torch.testing.assert_close(w, torch.softmax(torch.tensor(scores, dtype=torch.float64) / 0.1, -1).float())
+    torch.testing.assert_close(w.sum(-1), torch.ones(2))
+    assert w[0, 0] > w[0, 1] > w[0, 2] and torch.allclose(w[1], torch.full((3,), 1 / 3))
+    assert relevance_weights(scores[0], 100.0).max() - relevance_weights(scores[0], 100.0).min() < 0.002
+    assert relevance_weights(scores[0], 0.01)[0] > 0.99
+    with pytest.raises(RagsoupError, match="temperature must be positive"):
+        relevance_weights(scores, 0.0)
+
+
+def test_weights_are_checked():
+    rows = np.array(ROWS, np.float32)
+    with pytest.raises(RagsoupError, match="mean or centered"):
+        soup_rows(rows, "max", SEGS, weights=W31)
+    with pytest.raises(RagsoupError, match="3 weights for 2 passages"):
+        soup_rows(rows, "mean", SEGS, weights=[1.0, 1.0, 1.0])
+    with pytest.raises(RagsoupError, match="non-negative"):
+        soup_rows(rows, "mean", SEGS, weights=[1.0, -1.0])
+    with pytest.raises(RagsoupError, match="not all zero"):
+        pool(torch.tensor([ROWS]), "mean", weights=torch.zeros(1, 2))
+    with pytest.raises(RagsoupError, match="ragsoup background"):
+        soup_rows(rows, "centered", SEGS, weights=W31)
+    # the default weighting follows the pooling; an explicit retrieval weighting with max is refused
+    assert check_weighting(None, "mean", 0.05) == "retrieval" and check_weighting(None, "max", 0.05) == "uniform"
+    with pytest.raises(RagsoupError, match="--weights uniform"):
+        check_weighting("retrieval", "max", 0.05)
+    with pytest.raises(RagsoupError, match="unknown weighting"):
+        check_weighting("score", "mean", 0.05)

@@ -35,6 +35,17 @@ def test_device_soup_equals_the_host_soup(op):
                                    rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("op", ["mean", "centered"])
+def test_weighted_device_soup_equals_the_weighted_host_soup(op):
+    rows = _rows(200)
+    cache = _cache(rows, 150)
+    bg = torch.linspace(-1, 1, D)
+    idx = list(range(3, 173, 2))  # 85 rows: more than one 64-row block of the weighted accumulation
+    w = torch.rand(len(idx), generator=torch.Generator().manual_seed(1))
+    torch.testing.assert_close(cache.soup(idx, op, SEGS, bg, weights=w),
+                               soup_rows(rows, op, SEGS, index=idx, background=bg, weights=w), rtol=1e-5, atol=1e-5)
+
+
 def test_lru_eviction_keeps_the_budget_and_the_hot_rows():
     rows = _rows()
     cache = _cache(rows, 4)
