@@ -23,12 +23,13 @@ def main(path: str) -> None:
     for r in data["rows"]:
         st = r["stages_ms_p50"]
         mib = r["state_bytes_read"] / (1 << 20)
-        print(f"| {r['mode']} | {r['k']} | {r['n_queries']} | {r['em']:.0f} | {r['recall_at_k']:.0f} "
+        mode = r["mode"] if r["mode"] != "soup" else f"soup, {r.get('weights') or 'uniform'}"
+        print(f"| {mode} | {r['k']} | {r['n_queries']} | {r['em']:.0f} | {r['recall_at_k']:.0f} "
               f"| {r['latency_ms_p50']:.1f} | {r['latency_ms_p95']:.1f} | {fmt(st.get('retrieve'))} "
               f"| {fmt(st.get('load_soup'))} | {fmt(st.get('encode'))} | {fmt(st.get('decode'))} "
               f"| {mib:.1f} MiB | {fmt(r['peak_mem_growth_mb'], '{:.0f}')} |")
     k = max(r["k"] for r in data["rows"])
-    soup = next(r for r in data["rows"] if r["mode"] == "soup" and r["k"] == k)
+    soup = next(r for r in data["rows"] if r["mode"] == "soup" and r["k"] == k)  # the first weighting run
     concat = next((r for r in data["rows"] if r["mode"] == "concat" and r["k"] == k), None)
     print(f"\nbandwidth {data['bandwidth_gbps']:.1f} GB/s; k={k}: read+soup {soup['load_soup_ms_p50']:.2f} ms vs "
           f"bound {soup['bandwidth_bound_ms']:.2f} ms ({soup['load_soup_ms_p50'] / soup['bandwidth_bound_ms']:.2f}x)")

@@ -360,7 +360,7 @@ class BenchConfig:
     modes: tuple[str, ...] = ("soup", "concat")
     pool: str = "mean"
     # soup: "retrieval" (softmax of the retrieval scores / temperature), "uniform", or both ("uniform,retrieval":
-    # one soup row per weighting and k); None: retrieval where the pooling takes weights (mean, centered)
+    # one soup row per weighting and k); None: both where the pooling takes weights (mean, centered), else uniform
     weights: str | None = None
     temperature: float | None = None  # default: soup.DEFAULT_TEMPERATURE
     queries: int = 100
@@ -601,7 +601,7 @@ def bench_row(engine: Any, mode: str, k: int, questions: list[dict], pool: str,
 
 def run_bench(cfg: BenchConfig, progress: Progress | None = None) -> BenchResult:
     """Index (or reuse) the bench corpus, then sweep k over powers of two for each mode; one row per (mode, k)."""
-    from ragsoup.soup import DEFAULT_TEMPERATURE, check_pool, check_weighting
+    from ragsoup.soup import DEFAULT_TEMPERATURE, WEIGHTED_POOLS, check_pool, check_weighting
 
     if cfg.task not in BENCH_TASKS:
         raise RagsoupError(f"unknown bench task '{cfg.task}': use one of {', '.join(BENCH_TASKS)}")
@@ -610,8 +610,8 @@ def run_bench(cfg: BenchConfig, progress: Progress | None = None) -> BenchResult
         raise RagsoupError(f"unknown mode(s) {', '.join(bad) or '(none)'}: --modes takes soup, concat or soup,concat")
     check_pool(cfg.pool)
     temperature = DEFAULT_TEMPERATURE if cfg.temperature is None else cfg.temperature
-    weightings = ([check_weighting(None, cfg.pool, temperature)] if cfg.weights is None else
-                  [check_weighting(w.strip(), cfg.pool, temperature) for w in cfg.weights.split(",")])
+    default = "uniform,retrieval" if cfg.pool in WEIGHTED_POOLS else "uniform"  # the paper's soup, and ask's
+    weightings = [check_weighting(w.strip(), cfg.pool, temperature) for w in (cfg.weights or default).split(",")]
     for name, v in (("--k", cfg.k_max), ("--max-new-tokens", cfg.max_new_tokens), ("--queries", cfg.queries),
                     ("--query-batch", cfg.query_batch),
                     ("--passages", cfg.passages),

@@ -528,7 +528,7 @@ def bench(
     modes: str = typer.Option("soup,concat", "--modes", help="Comma-separated: soup, concat."),
     pool: str = typer.Option("mean", help="mean, sum, max, sum-norm, norm-mean or centered (needs the model's "
                              "background state: ragsoup background)."),
-    weights: Optional[str] = typer.Option(None, help="Soup weights: retrieval (softmax(score / temperature) of each passage's retrieval score), uniform (the plain soup), or uniform,retrieval (both, one row each). Default: retrieval with mean/centered pooling, else uniform."),
+    weights: Optional[str] = typer.Option(None, help="Soup weights: retrieval (softmax(score / temperature) of each passage's retrieval score), uniform (the plain soup), or uniform,retrieval (both, one row each). Default: both with mean/centered pooling, else uniform."),
     temperature: Optional[float] = typer.Option(None, help="Softmax temperature of the retrieval weights (default 0.05; larger: closer to equal weights)."),
     queries: Optional[int] = typer.Option(None, "--queries", help="Queries per soup row (default 100; --quick 16)."),
     passages: Optional[int] = typer.Option(None, "--passages", help="Generated corpus size (default 4096; --quick 256)."),

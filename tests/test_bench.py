@@ -38,7 +38,9 @@ def test_bench_quick_json_has_one_row_per_mode_and_k(quick_run):
     obj, _, _ = quick_run
     assert {"task", "model", "device", "bandwidth_gbps", "rows"} <= set(obj)
     assert obj["task"] == "needle" and obj["device"] == "cpu" and obj["bandwidth_gbps"] > 0
-    assert [(r["mode"], r["k"]) for r in obj["rows"]] == [(m, k) for m in ("soup", "concat") for k in (1, 2, 4)]
+    # the default: the plain soup and the retrieval-weighted one, then concat
+    assert [(r["mode"], r["weights"], r["k"]) for r in obj["rows"]] == [
+        (m, w, k) for m, w in (("soup", "uniform"), ("soup", "retrieval"), ("concat", None)) for k in (1, 2, 4)]
     for r in obj["rows"]:
         assert ROW_KEYS <= set(r)
         assert r["n_queries"] == 4
@@ -53,7 +55,7 @@ def test_bench_quick_json_has_one_row_per_mode_and_k(quick_run):
             assert r["bandwidth_bound_ms"] > 0
         else:
             assert r["state_bytes_read"] == 0 and "encode" in r["stages_ms_p50"]
-    soup = {r["k"]: r for r in obj["rows"] if r["mode"] == "soup"}
+    soup = {r["k"]: r for r in obj["rows"] if r["mode"] == "soup" and r["weights"] == "uniform"}
     assert soup[4]["state_bytes_read"] == 4 * soup[1]["state_bytes_read"]
     recall = [soup[k]["recall_at_k"] for k in (1, 2, 4)]
     assert recall == sorted(recall)  # top-k sets are nested
@@ -76,20 +78,20 @@ def test_bench_reuses_its_cached_index(quick_run, tiny_model):
     assert first["index_seconds"] > 0
     again = _bench(tiny_model, cache, "--modes", "soup", "--k", "2")
     assert again["index_seconds"] == 0
-    assert [(r["mode"], r["k"]) for r in again["rows"]] == [("soup", 1), ("soup", 2)]
+    assert [(r["mode"], r["k"]) for r in again["rows"]] == [("soup", 1), ("soup", 2)] * 2
     # same corpus, questions and retrieval: deterministic quality numbers
-    before = {(r["mode"], r["k"]): r for r in first["rows"]}
+    before = {(r["mode"], r["weights"], r["k"]): r for r in first["rows"]}
     for r in again["rows"]:
-        b = before[(r["mode"], r["k"])]
+        b = before[(r["mode"], r["weights"], r["k"])]
         assert (r["em"], r["f1"], r["recall_at_k"]) == (b["em"], b["f1"], b["recall_at_k"])
 
 
 def test_bench_batched_soup_queries_answer_the_same(quick_run, tiny_model):
     first, _, cache = quick_run
     batched = _bench(tiny_model, cache, "--modes", "soup", "--query-batch", "3")
-    before = {(r["mode"], r["k"]): r for r in first["rows"]}
+    before = {(r["mode"], r["weights"], r["k"]): r for r in first["rows"]}
     for r in batched["rows"]:
-        b = before[(r["mode"], r["k"])]
+        b = before[(r["mode"], r["weights"], r["k"])]
         assert r["query_batch"] == 3 and b["query_batch"] == 1
         assert (r["em"], r["f1"], r["recall_at_k"], r["n_queries"]) == (b["em"], b["f1"], b["recall_at_k"], 4)
 
@@ -102,7 +104,6 @@ def test_bench_runs_each_soup_weighting_given(quick_run, tiny_model):
         ("soup", "uniform", 1), ("soup", "uniform", 2), ("soup", "retrieval", 1), ("soup", "retrieval", 2),
         ("concat", None, 1)]
     assert both["temperature"] == 0.05
-    assert all(r["weights"] == "retrieval" for r in first["rows"] if r["mode"] == "soup")  # the default
     rows = {(r["weights"], r["k"]): r for r in both["rows"] if r["mode"] == "soup"}
     assert rows[("uniform", 1)]["em"] == rows[("retrieval", 1)]["em"]  # one passage: weights change nothing
     assert rows[("uniform", 2)]["recall_at_k"] == rows[("retrieval", 2)]["recall_at_k"]  # same retrieval
