@@ -1,7 +1,7 @@
 """Held-out answer quality of a model on the generated tasks (no retrieval): the table in docs/models.md.
 
 Usage: python benchmarks/eval_default.py [--model default] [--n 64] [--seed 12345] [--prose PATH] [--out FILE.json]
-       [--pools centered,max]  (only those rows; the --out file keeps its others)
+       [--pools centered,max,mean/retrieval]  (only those rows; the --out file keeps its others)
 Every number comes from `ragsoup eval` (bench.run_eval) on freshly generated examples (seed disjoint from training).
 """
 
@@ -15,7 +15,7 @@ from pathlib import Path
 from ragsoup.bench import run_eval
 from ragsoup.device import set_threads
 
-PLAN = [  # (label, task, k values, mode, pool, filler?)
+PLAN = [  # (label, task, k values, mode, pool, filler?[, weights]); rows are selected by "pool[/weights]"
     ("needle, template filler", "needle", [1, 4, 16, 64, 128, 256], "soup", "mean", False),
     ("needle, Gutenberg prose filler", "needle", [4, 16, 64], "soup", "mean", True),
     ("needle-distractor (gold + up to 3 other needles)", "needle-distractor", [4, 16, 64], "soup", "mean", False),
@@ -34,7 +34,17 @@ PLAN = [  # (label, task, k values, mode, pool, filler?)
     ("needle, Gutenberg prose filler, pool=centered", "needle", [16, 64, 256], "soup", "centered", True),
     ("needle-distractor, pool=centered", "needle-distractor", [4, 16, 64], "soup", "centered", False),
     ("needle-multikey, pool=centered", "needle-multikey", [2, 4, 8, 16], "soup", "centered", False),
+    # relevance weights: each given passage weighed by softmax(embedder score / 0.05), as `ask` does by default
+    ("needle, retrieval weights", "needle", [16, 64, 256], "soup", "mean", False, "retrieval"),
+    ("needle, Gutenberg prose filler, retrieval weights", "needle", [64], "soup", "mean", True, "retrieval"),
+    ("needle-distractor, retrieval weights", "needle-distractor", [4, 16, 64], "soup", "mean", False, "retrieval"),
+    ("needle-multikey, retrieval weights", "needle-multikey", [2, 4, 8, 16, 64], "soup", "mean", False, "retrieval"),
 ]
+
+
+def key(pool: str, weights: str | None) -> str:
+    """A row's selector: its pool, with "/retrieval" for relevance-weighted soups."""
+    return pool if weights in (None, "uniform") else f"{pool}/{weights}"
 
 
 def main() -> None:
@@ -53,18 +63,19 @@ def main() -> None:
     only = set(a.pools.split(",")) if a.pools else None
     rows = []
     if only and a.out and Path(a.out).exists():
-        rows = [r for r in json.loads(Path(a.out).read_text())["rows"] if r["pool"] not in only]
+        rows = [r for r in json.loads(Path(a.out).read_text())["rows"] if key(r["pool"], r.get("weights")) not in only]
     print("| task | mode | pool | k | n | EM | F1 | seconds |\n|---|---|---|---:|---:|---:|---:|---:|")
-    for label, task, ks, mode, pool, prose in PLAN:
-        if (prose and not Path(a.prose).exists()) or (only and pool not in only):
+    for label, task, ks, mode, pool, prose, *rest in PLAN:
+        weights = rest[0] if rest else "uniform"
+        if (prose and not Path(a.prose).exists()) or (only and key(pool, weights) not in only):
             continue
         for k in ks:
             t = time.perf_counter()
             r = run_eval(task, k=k, mode=mode, pool=pool, limit=a.n, model=a.model, seed=a.seed, device="cpu",
-                         batch_size=16, filler=a.prose if prose else None)
+                         batch_size=16, filler=a.prose if prose else None, weights=weights)
             dt = time.perf_counter() - t
             rows.append({"label": label, **r.to_json(), "pool": pool, "seconds": round(dt, 1)})
-            print(f"| {label} | {mode} | {pool} | {k} | {r.n} | {r.em:.1f} | {r.f1:.1f} | {dt:.0f} |", flush=True)
+            print(f"| {label} | {mode} | {key(pool, weights)} | {k} | {r.n} | {r.em:.1f} | {r.f1:.1f} | {dt:.0f} |", flush=True)
     if a.out:
         Path(a.out).parent.mkdir(parents=True, exist_ok=True)
         Path(a.out).write_text(json.dumps({"model": a.model, "seed": a.seed, "rows": rows}, indent=1))
