@@ -86,3 +86,18 @@ def test_gpu_cache_soups_equal_the_host_soups(op):
         assert got.device.type == "cuda"
         torch.testing.assert_close(got.cpu(), soup_rows(rows, op, SEGS, index=idx), rtol=1e-4, atol=1e-4)
     assert cache._staging.is_pinned()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("op", ["mean", "centered"])
+def test_gpu_cache_weighted_soups_equal_the_host_soups(op):
+    rows = _rows(300)
+    cache = DeviceStateCache(rows, "cuda", budget_mb=64 * D * 2 / (1 << 20))
+    bg = torch.linspace(-1, 1, D)
+    for idx in ([0, 3, 5], list(range(100, 200))):  # the second exceeds the 64-row cache
+        w = torch.rand(len(idx), generator=torch.Generator().manual_seed(len(idx)))
+        got = cache.soup(idx, op, SEGS, bg.cuda(), weights=w)
+        assert got.device.type == "cuda"
+        torch.testing.assert_close(got.cpu(), soup_rows(rows, op, SEGS, index=idx, background=bg, weights=w),
+                                   rtol=1e-4, atol=1e-4)
