@@ -593,6 +593,9 @@ def bench(
                        fmt(st.get("load_soup"), "{:.2f}"), fmt(r.bandwidth_bound_ms, "{:.3f}"), fmt(st.get("decode")),
                        fmt(st.get("total")))
     console.print(stages)
+    if any(r.mode == "soup" for r in res.rows):
+        console.print(f"soup/u: equal weights (the paper's soup); soup/r: weighted by retrieval score, "
+                      f"softmax(score / {res.temperature:g})")
     reused = "reused" if res.index_seconds == 0 else f"built in {res.index_seconds:.1f}s"
     console.print(f"memory copy bandwidth {res.bandwidth_gbps:.1f} GB/s; index {res.index_dir} ({reused})")
     for f in files:
@@ -600,8 +603,8 @@ def bench(
 
 
 def _row_mode(row) -> str:
-    """A bench row's mode, with the soup's weighting."""
-    return row.mode if row.mode != "soup" else f"soup ({row.weights})"
+    """A bench row's mode; soups tagged /u (equal weights) or /r (retrieval weights)."""
+    return row.mode if row.mode != "soup" else f"soup/{(row.weights or 'uniform')[0]}"
 
 
 @app.command()
