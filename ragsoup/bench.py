@@ -36,7 +36,7 @@ EVAL_FILE_TASKS = ("squad", "hotpotqa")
 EVAL_GENERATED_TASKS = ("needle", "needle-multikey", "needle-distractor", "needle-multivalue", "two-hop",
                         "two-hop-bridge", "longdoc", "longdoc-multifact")
 EVAL_TASKS = EVAL_FILE_TASKS + EVAL_GENERATED_TASKS
-BENCH_TASKS = ("needle", "needle-multikey", "needle-distractor", "two-hop")
+BENCH_TASKS = ("needle", "needle-multikey", "needle-distractor", "two-hop", "squad", "hotpotqa")
 MODES = ("soup", "concat")
 
 
@@ -379,6 +379,8 @@ class BenchConfig:
     cache_mb: float = 2048.0  # on a GPU: hot state rows kept on the device (LRU)
     embedder: str | None = None  # a sentence-transformers directory (default: the bundled MiniLM)
     passage_chars: int | None = None  # generated passages' length (default: the length the model was trained on)
+    data: str | None = None  # squad / hotpotqa: the dataset file the corpus and questions come from
+    split: str = "val"  # squad: ragsoup's by-article split side (val = held-out articles, train, all)
 
     @classmethod
     def quick(cls, **overrides: Any) -> "BenchConfig":
@@ -453,21 +455,38 @@ def prepare_index(cfg: BenchConfig, progress: Progress | None = None) -> tuple[P
     from ragsoup.indexdir import read_manifest
     from ragsoup.tasks.files import CORPUS_FILE, make_corpus, read_questions
 
+    from ragsoup.build import DEFAULT_CHUNK_CHARS
+    from ragsoup.tasks.files import FILE_TASKS, make_file_corpus
+
     path, fp, meta = model_info(cfg.model)
-    passage_chars = resolve_passage_chars(cfg.passage_chars, lambda: meta)
+    from_file = cfg.task in FILE_TASKS
+    if from_file and cfg.data is None:
+        make_file_corpus(cfg.task, None, cfg.split, 0, 0, 0, Path("."))  # raises: says to pass --data
+    if not from_file and cfg.data is not None:
+        raise RagsoupError(f"--data is for the squad and hotpotqa tasks; task {cfg.task} is generated")
+    # a dataset's passages are what they are (indexed like `ragsoup index`, 600-character chunks)
+    passage_chars = DEFAULT_CHUNK_CHARS if from_file else resolve_passage_chars(cfg.passage_chars, lambda: meta)
     name = f"{cfg.task}-{cfg.passages}-{cfg.seed}-{fp}"
-    if passage_chars != trained_passage_chars(meta):
+    if from_file:
+        data = Path(cfg.data).expanduser().resolve()
+        if not data.is_file():
+            raise RagsoupError(f"--data {cfg.data} not found")
+        name = f"{cfg.task}-{data.name.split('.')[0]}-{cfg.split}-{cfg.passages}-{cfg.seed}-{fp}"
+    elif passage_chars != trained_passage_chars(meta):
         name += f"-{passage_chars}c"
     cache = Path(cfg.cache_dir) if cfg.cache_dir else Path(".bench") / name
     corpus_dir, index_dir = cache / "corpus", cache / "index"
     per_q = 2 if cfg.task == "two-hop" else 1
     # a fixed number of questions per corpus (1 in 8 passages), so --queries does not change the corpus
     corpus_queries = max(cfg.queries, cfg.passages // 8)
-    if corpus_queries * per_q > cfg.passages:
+    if not from_file and corpus_queries * per_q > cfg.passages:
         raise RagsoupError(f"--queries {cfg.queries} needs {cfg.queries * per_q} gold passages but --passages is "
                            f"{cfg.passages}: raise --passages or lower --queries")
     params = {"task": cfg.task, "passages": cfg.passages, "corpus_queries": corpus_queries, "seed": cfg.seed,
               "passage_chars": passage_chars, "model_fingerprint": fp}
+    if from_file:
+        st = data.stat()
+        params.update(data=str(data), data_bytes=st.st_size, data_mtime=st.st_mtime_ns, split=cfg.split)
     if cfg.embedder:
         params["embedder"] = str(Path(cfg.embedder).expanduser().resolve())
     stamp = cache / "bench.json"
@@ -484,15 +503,20 @@ def prepare_index(cfg: BenchConfig, progress: Progress | None = None) -> tuple[P
         t0 = time.perf_counter()
         cache.mkdir(parents=True, exist_ok=True)
         stamp.unlink(missing_ok=True)
-        make_corpus(cfg.task, cfg.passages, corpus_queries, cfg.seed, corpus_dir, passage_chars=passage_chars,
-                    command=f"ragsoup bench --task {cfg.task} --passages {cfg.passages} (seed {cfg.seed})")
+        command = f"ragsoup bench --task {cfg.task} --passages {cfg.passages} (seed {cfg.seed})"
+        if from_file:
+            make_file_corpus(cfg.task, data, cfg.split, cfg.passages, corpus_queries, cfg.seed, corpus_dir, command)
+        else:
+            make_corpus(cfg.task, cfg.passages, corpus_queries, cfg.seed, corpus_dir, passage_chars=passage_chars,
+                        command=command)
 
         def on_build(stage: str, done: int, total: int) -> None:
             if progress:
                 progress({"embed": "embedding", "encode": "state encoding"}.get(stage, stage), done, total)
 
         build_index(corpus_dir / CORPUS_FILE, index_dir, model=str(path), batch_size=cfg.batch_size,
-                    device=cfg.device, chunk_chars=max(600, 2 * passage_chars + 100), embedder=cfg.embedder,
+                    device=cfg.device, chunk_chars=passage_chars if from_file else max(600, 2 * passage_chars + 100),
+                    embedder=cfg.embedder,
                     progress=on_build if progress else None)
         stamp.write_text(json.dumps(params, indent=2) + "\n")
         seconds = time.perf_counter() - t0
@@ -571,7 +595,7 @@ def bench_row(engine: Any, mode: str, k: int, questions: list[dict], pool: str,
     label = f"{mode} k={k}"
     with PeakMemory() as mem:
         for i, (q, (answer, ids, st)) in enumerate(zip(questions, answers(questions))):
-            em, f1 = best_em_f1(answer, [q["answer"]])
+            em, f1 = best_em_f1(answer, q.get("answers") or [q["answer"]])  # SQuAD: every accepted answer
             ems.append(em)
             f1s.append(f1)
             hits.append(float(gold_retrieved(ids, q["gold_ids"])))
@@ -602,6 +626,7 @@ def bench_row(engine: Any, mode: str, k: int, questions: list[dict], pool: str,
 def run_bench(cfg: BenchConfig, progress: Progress | None = None) -> BenchResult:
     """Index (or reuse) the bench corpus, then sweep k over powers of two for each mode; one row per (mode, k)."""
     from ragsoup.soup import DEFAULT_TEMPERATURE, WEIGHTED_POOLS, check_pool, check_weighting
+    from ragsoup.tasks.files import FILE_TASKS
 
     if cfg.task not in BENCH_TASKS:
         raise RagsoupError(f"unknown bench task '{cfg.task}': use one of {', '.join(BENCH_TASKS)}")
@@ -640,7 +665,8 @@ def run_bench(cfg: BenchConfig, progress: Progress | None = None) -> BenchResult
     result = BenchResult(task=cfg.task, model=model_label(engine.loaded.path), model_fingerprint=engine.loaded.fingerprint,
                          device=device, bandwidth_gbps=round(bandwidth, 3), threads=torch.get_num_threads(),
                          n_passages=len(engine.passages),
-                         passage_chars=resolve_passage_chars(cfg.passage_chars, lambda: engine.loaded.meta),
+                         passage_chars=engine.manifest.chunk_chars if cfg.task in FILE_TASKS else
+                         resolve_passage_chars(cfg.passage_chars, lambda: engine.loaded.meta),
                          index_dir=str(index_dir),
                          index_seconds=round(index_seconds, 2),
                          temperature=DEFAULT_TEMPERATURE if cfg.temperature is None else cfg.temperature)

@@ -24,6 +24,8 @@ from ragsoup.store import StateStore, StoreWriter
 
 Progress = Callable[[str, int, int], None]  # (stage, done, total)
 
+DEFAULT_CHUNK_CHARS = 600  # `ragsoup index`'s passage length: sentence-aware chunks of at most this many characters
+
 
 @dataclass
 class BuildReport:
@@ -54,7 +56,7 @@ def build_index(
     batch_size: int = 16,
     device: str = "auto",
     factory: str = "Flat",
-    chunk_chars: int = 600,
+    chunk_chars: int = DEFAULT_CHUNK_CHARS,
     max_tokens: int = 1024,
     state_dtype: str = "float16",
     progress: Progress | None = None,

@@ -434,28 +434,26 @@ def background(
 @app.command("make-corpus")
 @domain_errors
 def make_corpus_cmd(
-    task: str = typer.Argument(..., help="needle, two-hop, demo, or squad (real text: needs --data)."),
+    task: str = typer.Argument(..., help="needle, two-hop, demo, or squad / hotpotqa (real text: needs --data)."),
     passages: int = typer.Option(300, "--passages", help="Passages in the corpus."),
     queries: int = typer.Option(50, "--queries", help="Questions (each with its gold passages in the corpus)."),
     out: Path = typer.Option(..., "--out", help="Output directory (corpus.jsonl, questions.jsonl, README.md)."),
     seed: int = typer.Option(0, help="Seed."),
     variant: str = typer.Option("single", help="Needle variant: single, multikey, distractor, multivalue."),
     passage_chars: int = typer.Option(200, help="Approximate passage length (the default model was trained on 200)."),
-    data: Optional[Path] = typer.Option(None, "--data", help="squad: the SQuAD v1.1 JSON (.json or .json.gz)."),
+    data: Optional[Path] = typer.Option(None, "--data", help="squad / hotpotqa: the dataset's JSON (.json or .json.gz)."),
     split: str = typer.Option("val", help="squad: articles of ragsoup's held-out split (val), the rest (train) or all."),
 ) -> None:
-    """Write a corpus and its questions file: generated (needle, two-hop, demo = both) or from SQuAD (squad)."""
+    """Write a corpus and its questions file: generated (needle, two-hop, demo = both) or from SQuAD / HotpotQA."""
     import sys
 
-    from ragsoup.tasks.files import make_corpus, make_squad_corpus
+    from ragsoup.tasks.files import FILE_TASKS, make_corpus, make_file_corpus
 
     if passages <= 0 or queries <= 0:
         raise RagsoupError("--passages and --queries must be positive")
     command = "ragsoup " + " ".join(sys.argv[1:])
-    if task == "squad":
-        if data is None:
-            raise RagsoupError("make-corpus squad needs --data SQUAD.json (e.g. ../shared/data/squad/train-v1.1.reconstructed.json.gz)")
-        path = make_squad_corpus(data, split, passages, queries, seed, out, command=command)
+    if task in FILE_TASKS:
+        path = make_file_corpus(task, data, split, passages, queries, seed, out, command=command)
         console.print(f"[green]wrote[/] {path}")
         return
     path = make_corpus(task, passages, queries, seed, out, variant=variant, passage_chars=passage_chars, command=command)
@@ -523,7 +521,9 @@ def eval_cmd(
 @app.command()
 @domain_errors
 def bench(
-    task: str = typer.Option("needle", "--task", help="needle, needle-multikey, needle-distractor or two-hop."),
+    task: str = typer.Option("needle", "--task", help="needle, needle-multikey, needle-distractor, two-hop (generated), or squad / hotpotqa (from --data)."),
+    data: Optional[Path] = typer.Option(None, "--data", help="squad / hotpotqa: the dataset JSON; its paragraphs are the corpus (indexed in 600-character chunks), a sample of its questions the queries."),
+    split: str = typer.Option("val", help="squad: ragsoup's by-article split side: val (held-out articles), train or all."),
     k: Optional[int] = typer.Option(None, "--k", help="Largest k; the sweep is 1, 2, 4, ... up to it (default 256; --quick 16)."),
     modes: str = typer.Option("soup,concat", "--modes", help="Comma-separated: soup, concat."),
     pool: str = typer.Option("mean", help="mean, sum, max, sum-norm, norm-mean or centered (needs the model's "
@@ -556,7 +556,7 @@ def bench(
     given = dict(task=task, k_max=k, modes=mode_list, pool=pool, weights=weights, temperature=temperature, queries=queries, passages=passages,
                  concat_max_k=concat_max_k, concat_queries=concat_queries, model=model, seed=seed, device=device,
                  max_new_tokens=max_new_tokens, cache_dir=str(cache_dir) if cache_dir else None, query_batch=query_batch,
-                 embedder=embedder, passage_chars=passage_chars)
+                 embedder=embedder, passage_chars=passage_chars, data=str(data) if data else None, split=split)
     cfg = BenchConfig.quick(**given) if quick else BenchConfig(**{k_: v for k_, v in given.items() if v is not None})
     with _progress() as prog:
         bars: dict[str, int] = {}

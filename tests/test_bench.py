@@ -127,7 +127,10 @@ def test_bench_passage_chars_builds_its_own_corpus(tiny_model, tmp_path):
 
 @pytest.mark.parametrize("args, message", [
     (["--passage-chars", "0"], "--passage-chars must be at least 1"),
-    (["--task", "squad"], "unknown bench task"),
+    (["--task", "trivia"], "unknown bench task"),
+    (["--task", "squad"], "pass --data FILE"),
+    (["--task", "needle", "--data", "x.json"], "--data is for the squad and hotpotqa tasks"),
+    (["--task", "hotpotqa", "--data", "no/such.json"], "not found"),
     (["--modes", "soup,stack"], "unknown mode"),
     (["--pool", "median"], "unknown pooling"),
     (["--pool", "max", "--weights", "retrieval"], "--weights uniform"),
@@ -167,3 +170,69 @@ def test_helpers():
     assert percentile([1.0, 2.0, 3.0], 50) == 2.0
     assert trained_passage_chars({"train": {"passage_chars": 80}}) == 80
     assert trained_passage_chars({}) == 200
+
+
+def _squad(path: Path) -> Path:
+    """Two tiny SQuAD articles, one question per paragraph."""
+    def article(title: str, n: int) -> dict:
+        paras = []
+        for i in range(n):
+            ctx = f"In {title} town {i} the baker is called Bram{title}{i} and sells rye bread."
+            paras.append({"context": ctx, "qas": [{"id": f"{title}{i}", "question": f"Who bakes in {title} town {i}?",
+                                                   "answers": [{"text": f"Bram{title}{i}", "answer_start": ctx.index("Bram")}]}]})
+        return {"title": title, "paragraphs": paras}
+
+    path.write_text(json.dumps({"version": "1.1", "data": [article("Alpha", 4), article("Beta", 4)]}))
+    return path
+
+
+def _hotpot(path: Path) -> Path:
+    """Three tiny HotpotQA questions over shared paragraphs (two supporting paragraphs each)."""
+    def rec(i: int, a: str, b: str, answer: str) -> dict:
+        return {"_id": f"q{i}", "question": f"Where was the founder of {a} born?", "answer": answer,
+                "supporting_facts": [[a, 0], [b, 0]],
+                "context": [[a, [f"{a} was founded by {b}."]], [b, [f"{b} was born in {answer}."]],
+                            ["Filler", ["Nothing happens here."]]]}
+
+    path.write_text(json.dumps([rec(0, "Acme", "Ann Lee", "Oslo"), rec(1, "Bolt", "Bo Kim", "Lima"),
+                                rec(2, "Cask", "Cy Ray", "Kyiv")]))
+    return path
+
+
+@pytest.mark.parametrize("task, make, n_passages", [("squad", _squad, 8), ("hotpotqa", _hotpot, 7)])
+def test_bench_reads_a_dataset_file(tiny_model, tmp_path, task, make, n_passages):
+    from ragsoup.tasks.files import read_corpus, read_questions
+
+    data = make(tmp_path / f"{task}.json")
+    obj = _bench(tiny_model, tmp_path / "c", "--task", task, "--data", str(data), "--split", "all", "--queries", "3",
+                 "--passages", "100", "--k", "2", "--concat-max-k", "1")
+    assert obj["task"] == task and obj["n_passages"] == n_passages and obj["passage_chars"] == 600
+    assert [(r["mode"], r["weights"], r["k"]) for r in obj["rows"]] == [
+        ("soup", "uniform", 1), ("soup", "uniform", 2), ("soup", "retrieval", 1), ("soup", "retrieval", 2),
+        ("concat", None, 1)]
+    assert all(r["n_queries"] == 3 for r in obj["rows"] if r["mode"] == "soup")
+    corpus, questions = read_corpus(tmp_path / "c" / "corpus"), read_questions(tmp_path / "c" / "corpus")
+    by_id = {r["id"]: r["text"] for r in corpus}
+    for q in questions:  # each question's gold paragraphs are in the corpus and hold the answer
+        assert q["answer"] in " ".join(by_id[g] for g in q["gold_ids"])
+    if task == "hotpotqa":
+        assert len(corpus) == len({r["title"] for r in corpus})  # one passage per paragraph title
+        assert all(len(q["gold_ids"]) == 2 for q in questions)
+    soup = {(r["weights"], r["k"]): r for r in obj["rows"] if r["mode"] == "soup"}
+    assert soup[("uniform", 1)]["recall_at_k"] <= soup[("uniform", 2)]["recall_at_k"]
+    assert soup[("uniform", 2)]["recall_at_k"] > 0  # the embedder finds named towns / companies
+    again = _bench(tiny_model, tmp_path / "c", "--task", task, "--data", str(data), "--split", "all", "--queries",
+                   "3", "--passages", "100", "--k", "2", "--modes", "soup")
+    assert again["index_seconds"] == 0  # the dataset corpus is cached like a generated one
+
+
+def test_make_corpus_hotpotqa_keeps_whole_questions_within_the_passage_budget(tmp_path):
+    from ragsoup.tasks.files import read_corpus, read_questions
+
+    data = _hotpot(tmp_path / "h.json")
+    r = CliRunner().invoke(app, ["make-corpus", "hotpotqa", "--data", str(data), "--passages", "5", "--queries", "9",
+                                 "--out", str(tmp_path / "h")])
+    assert r.exit_code == 0, r.output
+    # question 0 brings Acme, Ann Lee, Filler; question 1 would add 2 more (Bolt, Bo Kim) = 5; question 2 does not fit
+    assert [c["title"] for c in read_corpus(tmp_path / "h")] == ["Acme", "Ann Lee", "Filler", "Bolt", "Bo Kim"]
+    assert sorted(q["answer"] for q in read_questions(tmp_path / "h")) == ["Lima", "Oslo"]

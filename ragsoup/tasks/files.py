@@ -26,6 +26,7 @@ CORPUS_KEYS = ("id", "title", "text")
 QUESTION_KEYS = ("question", "answer", "gold_ids")
 OPTIONAL_QUESTION_KEYS = ("answers",)  # every accepted answer (SQuAD); EM/F1 take the best, as the official script
 CORPUS_TASKS: tuple[str, ...] = ("needle", "needle-multikey", "needle-distractor", "needle-multivalue", "two-hop", "demo")
+FILE_TASKS: tuple[str, ...] = ("squad", "hotpotqa")  # corpora cut from a dataset file (--data)
 DEMO_TWOHOP_FRACTION = 0.25  # share of the demo corpus (passages and questions) that is two-hop facts
 
 
@@ -158,6 +159,33 @@ def read_corpus(path: str | Path) -> list[dict]:
         _check_record(obj, seen, f"{path}:{lineno}")
         records.append(obj)
     return records
+
+
+def make_file_corpus(task: str, data: str | Path | None, split: str, n_passages: int, n_queries: int, seed: int,
+                     out_dir: Path, command: str | None = None) -> Path:
+    """Write a real-text corpus from a SQuAD (``split``: val, train or all) or HotpotQA file; return out_dir."""
+    if task not in FILE_TASKS:
+        raise RagsoupError(f"unknown dataset task {task!r}; valid tasks: {', '.join(FILE_TASKS)}")
+    if data is None:
+        example = "../shared/data/squad/train-v1.1.reconstructed.json.gz" if task == "squad" else "hotpot_dev_distractor_v1.json"
+        raise RagsoupError(f"task {task} reads a dataset file: pass --data FILE (e.g. {example})")
+    if task == "squad":
+        return make_squad_corpus(data, split, n_passages, n_queries, seed, out_dir, command)
+    return make_hotpot_corpus(data, n_passages, n_queries, seed, out_dir, command)
+
+
+def make_hotpot_corpus(data: str | Path, n_passages: int, n_queries: int, seed: int, out_dir: Path,
+                       command: str | None = None) -> Path:
+    """Write a real-text corpus from a HotpotQA file: the distinct context paragraphs of whole questions (up to
+    n_passages) and a sample of the questions whose supporting paragraphs are all in it."""
+    from ragsoup.tasks.hotpot import hotpot_corpus, load_hotpot
+
+    corpus, questions = hotpot_corpus(load_hotpot(data), n_passages, n_queries, seed)
+    if not corpus:
+        raise RagsoupError(f"{data}: no HotpotQA paragraphs")
+    meta = {"task": "hotpotqa", "source": Path(data).name, "seed": seed, "n_passages": len(corpus),
+            "n_queries": len(questions), "command": command or f"make_hotpot_corpus({str(data)!r}, ...)"}
+    return write_corpus(Path(out_dir), corpus, questions, meta)
 
 
 def make_squad_corpus(data: str | Path, split: str, n_passages: int, n_queries: int, seed: int, out_dir: Path,

@@ -87,3 +87,28 @@ def _hotpot_iter(
             docs = [docs[i] for i in keep]
         docs, gold = shuffle_with_gold(rng, docs, gold)
         yield SoupExample(docs=docs, question=rec["question"], answer=str(rec["answer"]), gold=gold)
+
+
+def hotpot_corpus(records: list[dict], n_passages: int, n_queries: int, seed: int) -> tuple[list[dict], list[dict]]:
+    """A retrieval corpus from HotpotQA records: every distinct context paragraph (one per title) of whole
+    records, in file order, up to n_passages; and n_queries of those records' questions (seeded sample) whose
+    supporting paragraphs are all in it, with the supporting paragraphs' ids as gold."""
+    ids: dict[str, str] = {}
+    corpus: list[dict] = []
+    askable: list[dict] = []
+    for rec in records:
+        new: dict[str, list[str]] = {}
+        for title, sentences in rec["context"]:
+            if title not in ids and title not in new:  # a title's first paragraph only, as in hotpot_examples
+                new[title] = sentences
+        if corpus and len(corpus) + len(new) > n_passages:
+            break
+        for title, sentences in new.items():
+            ids[title] = f"hotpot-{len(corpus):05d}"
+            corpus.append({"id": ids[title], "title": title, "text": paragraph_text(title, sentences)})
+        gold = list(dict.fromkeys(t for t, _ in rec["supporting_facts"]))
+        if gold and all(t in ids for t in gold):
+            askable.append({"question": rec["question"], "answer": str(rec["answer"]),
+                            "gold_ids": [ids[t] for t in gold]})
+    chosen = random.Random(seed).sample(askable, min(n_queries, len(askable)))
+    return corpus, chosen
