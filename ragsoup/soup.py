@@ -43,6 +43,11 @@ def check_pool(op: str) -> str:
     return op
 
 
+def _check_temperature(temperature: float) -> None:
+    if not temperature > 0:  # also refuses NaN
+        raise RagsoupError(f"--temperature must be positive (got {temperature}): larger is closer to the plain mean")
+
+
 def check_weighting(weights: str | None, op: str, temperature: float) -> str:
     """Validate a weighting name against the pooling it is used with (errors say what works); returns it.
 
@@ -63,8 +68,7 @@ def check_weighting(weights: str | None, op: str, temperature: float) -> str:
 
 def relevance_weights(scores: np.ndarray | Tensor | Sequence[float], temperature: float = DEFAULT_TEMPERATURE) -> Tensor:
     """Soup weights from retrieval scores [..., k]: softmax(score / temperature) over the last axis (fp32)."""
-    if not temperature > 0:
-        raise RagsoupError(f"--temperature must be positive (got {temperature}): larger is closer to the plain mean")
+    _check_temperature(temperature)
     s = torch.as_tensor(np.asarray(scores, dtype=np.float64))
     return torch.softmax(s / temperature, dim=-1).float()
 
