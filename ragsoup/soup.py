@@ -61,8 +61,7 @@ def check_weighting(weights: str | None, op: str, temperature: float) -> str:
         if op not in WEIGHTED_POOLS:
             raise RagsoupError(f"retrieval weights work with --pool mean or centered, not '{op}': "
                                "use --weights uniform with this pooling")
-        if not temperature > 0:
-            raise RagsoupError(f"--temperature must be positive (got {temperature}): larger is closer to the plain mean")
+        _check_temperature(temperature)
     return weights
 
 
