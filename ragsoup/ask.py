@@ -42,6 +42,11 @@ class AskResult:
         return d
 
 
+def _shown_weights(weights: torch.Tensor | None, k: int) -> list[float]:
+    """Each passage's soup weight as reported (4 decimals): the given weights, or 1/k each for an equal soup."""
+    return [round(float(w), 4) for w in (weights.tolist() if weights is not None else [1.0 / k] * k)]
+
+
 class Engine:
     """A loaded index + model, ready to answer questions (load once, ask many times)."""
 
@@ -127,9 +132,9 @@ class Engine:
         timings = {"retrieve": ms(t0, t1), "soup": ms(t1, t2), "decode": ms(t2, t3), "total": ms(t0, t3)}
         out = []
         for i, (question, answer, r_row, s_row) in enumerate(zip(questions, answers, rows.tolist(), scores.tolist())):
-            ws = [1.0 / len(r_row)] * len(r_row) if w_all is None else w_all[i].tolist()
+            ws = _shown_weights(None if w_all is None else w_all[i], len(r_row))
             passages = [
-                {"id": self.passages[r].id, "score": round(float(sc), 4), "weight": round(float(wt), 4),
+                {"id": self.passages[r].id, "score": round(float(sc), 4), "weight": wt,
                  "text": self.passages[r].text, "title": self.passages[r].title, "source": self.passages[r].source}
                 for r, sc, wt in zip(r_row, s_row, ws)
             ]
@@ -167,16 +172,17 @@ def ask_document(
     dev = pick_device(device)
     loaded = load_model(model, device=dev)
     t0 = time.perf_counter()
-    scores = (score_passages(get_embedder(None, dev), question, segments) if weights == "retrieval"
-              else np.zeros(len(segments), dtype=np.float32))
-    w = relevance_weights(scores, temperature) if weights == "retrieval" else None
+    scores, w = np.zeros(len(segments), dtype=np.float32), None
+    if weights == "retrieval":
+        scores = score_passages(get_embedder(None, dev), question, segments)
+        w = relevance_weights(scores, temperature)
     states = soup_state(loaded.model, loaded.tokenizer, segments, pool, background=model_background(loaded), weights=w)
     t1 = time.perf_counter()
     answer = generate(loaded.model, loaded.tokenizer, states, [question], max_new_tokens)[0]
     t2 = time.perf_counter()
-    ws = [1.0 / len(segments)] * len(segments) if w is None else w.tolist()
-    passages = [{"id": f"{path.name}#{i}", "score": round(float(sc), 4), "weight": round(float(wt), 4), "text": s,
-                 "title": path.name, "source": str(path)} for i, (s, sc, wt) in enumerate(zip(segments, scores, ws))]
+    passages = [{"id": f"{path.name}#{i}", "score": round(float(sc), 4), "weight": wt, "text": s,
+                 "title": path.name, "source": str(path)}
+                for i, (s, sc, wt) in enumerate(zip(segments, scores, _shown_weights(w, len(segments))))]
     timings = {"retrieve": 0.0, "soup": round((t1 - t0) * 1000, 3), "decode": round((t2 - t1) * 1000, 3),
                "total": round((t2 - t0) * 1000, 3)}
     return AskResult(question, answer, len(segments), pool, passages, timings, weights=weights)

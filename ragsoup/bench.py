@@ -452,17 +452,15 @@ def prepare_index(cfg: BenchConfig, progress: Progress | None = None) -> tuple[P
 
     Returns (index dir, questions, seconds spent building; 0 when reused).
     """
-    from ragsoup.indexdir import read_manifest
-    from ragsoup.tasks.files import CORPUS_FILE, make_corpus, read_questions
-
     from ragsoup.build import DEFAULT_CHUNK_CHARS
-    from ragsoup.tasks.files import FILE_TASKS, make_file_corpus
+    from ragsoup.indexdir import read_manifest
+    from ragsoup.tasks.files import CORPUS_FILE, FILE_TASKS, make_corpus, make_file_corpus, read_questions, require_data
 
     path, fp, meta = model_info(cfg.model)
     from_file = cfg.task in FILE_TASKS
-    if from_file and cfg.data is None:
-        make_file_corpus(cfg.task, None, cfg.split, 0, 0, 0, Path("."))  # raises: says to pass --data
-    if not from_file and cfg.data is not None:
+    if from_file:
+        require_data(cfg.task, cfg.data)
+    elif cfg.data is not None:
         raise RagsoupError(f"--data is for the squad and hotpotqa tasks; task {cfg.task} is generated")
     # a dataset's passages are what they are (indexed like `ragsoup index`, 600-character chunks)
     passage_chars = DEFAULT_CHUNK_CHARS if from_file else resolve_passage_chars(cfg.passage_chars, lambda: meta)
@@ -531,14 +529,11 @@ def _sync(device: str) -> None:
 
 
 def _ask_soup(engine: Any, questions: list[str], k: int, pool: str, max_new_tokens: int,
-              weights: str = "uniform", temperature: float | None = None) -> list[tuple[str, list[str], dict]]:
+              weights: str, temperature: float) -> list[tuple[str, list[str], dict]]:
     """Questions answered together through Engine.ask_batch: (answer, retrieved passage ids, stage ms) each."""
-    from ragsoup.soup import DEFAULT_TEMPERATURE
-
     out = []
-    t = DEFAULT_TEMPERATURE if temperature is None else temperature
     for res in engine.ask_batch(questions, k=k, pool=pool, max_new_tokens=max_new_tokens, weights=weights,
-                                temperature=t):
+                                temperature=temperature):
         t = res.timings_ms
         stages = {"retrieve": t["retrieve"], "load_soup": t["soup"], "decode": t["decode"], "total": t["total"]}
         out.append((res.answer, [p["id"] for p in res.passages], stages))
@@ -570,8 +565,8 @@ def _ask_concat(engine: Any, question: str, k: int, max_new_tokens: int) -> tupl
 
 def bench_row(engine: Any, mode: str, k: int, questions: list[dict], pool: str,
               warmup: int, max_new_tokens: int, bandwidth_gbps: float,
-              progress: Progress | None = None, query_batch: int = 1, weights: str = "uniform",
-              temperature: float | None = None) -> BenchRow:
+              progress: Progress | None = None, query_batch: int = 1, *, weights: str,
+              temperature: float) -> BenchRow:
     """Run ``questions`` through one (mode, k) after ``warmup`` untimed queries; aggregate one row.
 
     Soup answers ``query_batch`` questions at a time (one embedding call, one batched decode); concat one.
@@ -669,7 +664,7 @@ def run_bench(cfg: BenchConfig, progress: Progress | None = None) -> BenchResult
                          resolve_passage_chars(cfg.passage_chars, lambda: engine.loaded.meta),
                          index_dir=str(index_dir),
                          index_seconds=round(index_seconds, 2),
-                         temperature=DEFAULT_TEMPERATURE if cfg.temperature is None else cfg.temperature)
+                         temperature=temperature)
     runs = [(m, w) for m in cfg.modes for w in (weightings if m == "soup" else ["uniform"])]
     for mode, weights in runs:
         for k in ks:
@@ -677,7 +672,8 @@ def run_bench(cfg: BenchConfig, progress: Progress | None = None) -> BenchResult
                 continue
             qs = questions if mode == "soup" else questions[:concat_n]
             result.rows.append(bench_row(engine, mode, k, qs, cfg.pool, cfg.warmup, cfg.max_new_tokens,
-                                         bandwidth, progress, cfg.query_batch, weights, cfg.temperature))
+                                         bandwidth, progress, cfg.query_batch, weights=weights,
+                                         temperature=temperature))
     return result
 
 

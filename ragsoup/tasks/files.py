@@ -161,14 +161,20 @@ def read_corpus(path: str | Path) -> list[dict]:
     return records
 
 
-def make_file_corpus(task: str, data: str | Path | None, split: str, n_passages: int, n_queries: int, seed: int,
-                     out_dir: Path, command: str | None = None) -> Path:
-    """Write a real-text corpus from a SQuAD (``split``: val, train or all) or HotpotQA file; return out_dir."""
+def require_data(task: str, data: str | Path | None) -> str | Path:
+    """``data`` for a dataset task (squad, hotpotqa); errors name the valid tasks or ask for --data."""
     if task not in FILE_TASKS:
         raise RagsoupError(f"unknown dataset task {task!r}; valid tasks: {', '.join(FILE_TASKS)}")
     if data is None:
         example = "../shared/data/squad/train-v1.1.reconstructed.json.gz" if task == "squad" else "hotpot_dev_distractor_v1.json"
         raise RagsoupError(f"task {task} reads a dataset file: pass --data FILE (e.g. {example})")
+    return data
+
+
+def make_file_corpus(task: str, data: str | Path | None, split: str, n_passages: int, n_queries: int, seed: int,
+                     out_dir: Path, command: str | None = None) -> Path:
+    """Write a real-text corpus from a SQuAD (``split``: val, train or all) or HotpotQA file; return out_dir."""
+    data = require_data(task, data)
     if task == "squad":
         return make_squad_corpus(data, split, n_passages, n_queries, seed, out_dir, command)
     return make_hotpot_corpus(data, n_passages, n_queries, seed, out_dir, command)
