@@ -40,6 +40,8 @@ if dev == "cuda":
 print(json.dumps(out))
 """
 
+MALLOCS = {"default": {}, "fixed_mmap": {"MALLOC_MMAP_THRESHOLD_": "131072"}}  # name -> environment
+
 
 def main() -> None:
     """Run each configuration in its own process and print a table (or JSON)."""
@@ -49,22 +51,24 @@ def main() -> None:
     ap.add_argument("--model-preset", default="default")
     ap.add_argument("--batch", type=int, default=1)
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--mallocs", default="default,fixed_mmap", help="glibc settings to run each under (CUDA: default)")
     ap.add_argument("--json", action="store_true")
     a = ap.parse_args()
     rows = []
     for g in [int(x) for x in a.groups.split(",")]:
         for k in [int(x) for x in a.ks.split(",")]:
             row = None
-            for malloc, env in (("default", {}), ("fixed_mmap", {"MALLOC_MMAP_THRESHOLD_": "131072"})):
+            for malloc in a.mallocs.split(","):
                 r = subprocess.run([sys.executable, "-c", CHILD, str(k), str(g), a.model_preset, str(a.batch), a.device],
-                                   capture_output=True, text=True, check=True, env={**os.environ, **env})
+                                   capture_output=True, text=True, check=True, env={**os.environ, **MALLOCS[malloc]})
                 res = json.loads(r.stdout.strip().splitlines()[-1])
                 row = row or {key: v for key, v in res.items() if key != "peak_rss_mb"}
                 row[f"peak_rss_mb_{malloc}"] = round(res["peak_rss_mb"], 1)
             rows.append(row)
             if not a.json:
+                fixed = row.get("peak_rss_mb_fixed_mmap")
                 print(f"k={k:4d} ckpt_group={g:3d} tokens={row['tokens']:7d} peak RSS {row['peak_rss_mb_default']:8.1f} MB"
-                      f" (fixed mmap threshold {row['peak_rss_mb_fixed_mmap']:8.1f} MB)"
+                      + (f" (fixed mmap threshold {fixed:8.1f} MB)" if fixed is not None else "")
                       + (f" CUDA {row['cuda_peak_mb']:.1f} MB" if "cuda_peak_mb" in row else ""), flush=True)
     if a.json:
         print(json.dumps(rows))
