@@ -9,8 +9,8 @@
 #
 # Data: ../shared/data (see its SOURCES.md); override with DATA=/path. Every stage also runs on a CPU, slowly.
 # A GPU machine takes at most 64 MiB of files per run: carry runs/wiki-lm/data/{tokenizer.json,data.json,heldout*,
-# a few shard-*} plus the latest export (bf16, ~21 MB), and pass --until to stop inside the 20 minutes; --resume
-# continues a run whose OUT (with trainer.pt) is present.
+# a few shard-*} plus the latest export (bf16, ~21 MB), and set MINUTES=8 (--max-minutes: stop with a checkpoint
+# inside a 10-minute command) or UNTIL=STEP; RESUME=1 continues a run whose OUT (with trainer.pt) is present.
 set -euo pipefail
 DATA=${DATA:-../shared/data}
 SQUAD=$DATA/squad/train-v1.1.reconstructed.json.gz
@@ -19,9 +19,9 @@ DEVICE=${DEVICE:-auto}
 
 case "${1:-}" in
   prepare) ragsoup pretrain --preset wiki-small --text "$TEXT" --prepare-only ;;
-  lm)      ragsoup pretrain --preset wiki-small --text "$TEXT" --device "$DEVICE" ${RESUME:+--resume} ${UNTIL:+--until $UNTIL} ;;
-  squad)   ragsoup train --preset wiki-small-squad --squad "$SQUAD" --device "$DEVICE" ${RESUME:+--resume} ${UNTIL:+--until $UNTIL}
-           ragsoup train --preset wiki-small-squad-concat --squad "$SQUAD" --device "$DEVICE" ${RESUME:+--resume} ${UNTIL:+--until $UNTIL} ;;
+  lm)      ragsoup pretrain --preset wiki-small --text "$TEXT" --device "$DEVICE" ${RESUME:+--resume} ${UNTIL:+--until $UNTIL} ${MINUTES:+--max-minutes $MINUTES} ;;
+  squad)   ragsoup train --preset wiki-small-squad --squad "$SQUAD" --device "$DEVICE" ${RESUME:+--resume} ${UNTIL:+--until $UNTIL} ${MINUTES:+--max-minutes $MINUTES}
+           ragsoup train --preset wiki-small-squad-concat --squad "$SQUAD" --device "$DEVICE" ${RESUME:+--resume} ${UNTIL:+--until $UNTIL} ${MINUTES:+--max-minutes $MINUTES} ;;
   eval)    for k in 1 5; do
              ragsoup eval --task squad --data "$SQUAD" --split val --k $k --model runs/wiki-squad/last --json
              ragsoup eval --task squad --data "$SQUAD" --split val --k $k --mode concat --model runs/wiki-squad-concat/last --json

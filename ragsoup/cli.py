@@ -262,6 +262,7 @@ def train(
     squad: Optional[str] = typer.Option(None, help="SQuAD v1.1 JSON for --tasks squad / squad-segments (training articles only)."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last checkpoint."),
     until: Optional[int] = typer.Option(None, help="Stop after this step (the schedule still spans --steps); resume later."),
+    max_minutes: Optional[float] = typer.Option(None, help="Stop with a checkpoint once a step ends past this many minutes (a time-limited machine); resume later."),
     device: str = typer.Option("auto", help="auto, cpu or cuda."),
     threads: Optional[int] = typer.Option(None, help="torch CPU threads (default: torch's choice)."),
 ) -> None:
@@ -277,7 +278,7 @@ def train(
                  steps=steps, batch_size=batch_size, lr=lr, warmup_steps=warmup_steps, passage_chars=passage_chars,
                  seed=seed, ckpt_group=ckpt_group, eval_every=eval_every, eval_ks=eval_ks, save_every=save_every,
                  init=init, tokenizer=tokenizer, extra_questions=extra_questions, bank_size=bank_size,
-                 bank_refresh=bank_refresh, fresh_max=fresh_max, until=until, squad=squad)
+                 bank_refresh=bank_refresh, fresh_max=fresh_max, until=until, squad=squad, max_minutes=max_minutes)
     base.update({k: v for k, v in given.items() if v is not None})
     if freeze_encoder:
         base["freeze_encoder"] = True
@@ -319,6 +320,7 @@ def pretrain(
     tokenizer: Optional[str] = typer.Option(None, help="bytes or bpe:VOCAB (new models only)."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last checkpoint."),
     until: Optional[int] = typer.Option(None, help="Stop after this step (the schedule still spans --steps); resume later."),
+    max_minutes: Optional[float] = typer.Option(None, help="Stop with a checkpoint once a step ends past this many minutes (a time-limited machine); resume later."),
     qa: bool = typer.Option(False, "--qa", help="tasks: text: follow each example's passages with its question and answer (in-context QA over concatenations)."),
     prepare_only: bool = typer.Option(False, "--prepare-only", help="Only train the tokenizer and tokenise the text into OUT/data (shards to carry to a GPU machine)."),
     device: str = typer.Option("auto", help="auto, cpu or cuda."),
@@ -331,7 +333,7 @@ def pretrain(
     if preset is not None and preset not in PRETRAIN_PRESETS:
         raise RagsoupError(f"unknown preset '{preset}': use one of {', '.join(PRETRAIN_PRESETS)}")
     given = dict(text=text, out=out, arch=arch, steps=steps, batch_size=batch_size, seq_len=seq_len, lr=lr, seed=seed,
-                 init=init, tokenizer=tokenizer, until=until)
+                 init=init, tokenizer=tokenizer, until=until, max_minutes=max_minutes)
     base = dict(PRETRAIN_PRESETS[preset]) if preset else {}
     saved = Path(given["out"] or base.get("out") or "runs/lm") / "pretrain_config.json"
     if resume and saved.exists():

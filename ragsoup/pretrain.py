@@ -25,7 +25,7 @@ from ragsoup.errors import RagsoupError
 from ragsoup.tasks import generate_example
 from ragsoup.tokenizer import Tokenizer, answer_ids, passage_ids, prompt_ids, train_bpe
 from ragsoup.train import (OptimConfig, TrainConfig, make_optimizer, make_tokenizer, new_model, parse_mix,
-                           save_run, start_model, truncate_log, update)
+                           save_run, start_model, truncate_log, update, wall_deadline)
 
 
 @dataclass
@@ -338,6 +338,7 @@ def pretrain(cfg: PretrainConfig, resume: bool = False, on_log: Callable[[dict],
     truncate_log(out / "log.jsonl", step)
     use_amp = torch.device(device).type == "cuda"
     stop = min(cfg.steps, cfg.until) if cfg.until > 0 else cfg.steps
+    deadline = wall_deadline(cfg)
     with open(out / "log.jsonl", "a") as logf:
         t_last = time.perf_counter()
         while step < stop:
@@ -350,15 +351,18 @@ def pretrain(cfg: PretrainConfig, resume: bool = False, on_log: Callable[[dict],
             rec = {"step": step, "loss": round(loss.item(), 5), "lr": opt.param_groups[0]["lr"],
                    "grad_norm": round(float(gnorm), 4), "tokens": step * cfg.batch_size * cfg.seq_len,
                    "tok_per_s": round(rows.numel() / (now - t_last), 1)}
-            if cfg.eval_every > 0 and (step % cfg.eval_every == 0 or step == stop):
+            last = step == stop or time.monotonic() >= deadline
+            if cfg.eval_every > 0 and (step % cfg.eval_every == 0 or last):
                 rec["eval"] = {"heldout_loss": round(heldout_loss(model, held_src, cfg), 5)}
-            if step % cfg.save_every == 0 or step == stop:
+            if step % cfg.save_every == 0 or last:
                 _save(model, tok, opt, cfg, step, out)
             logf.write(json.dumps(rec) + "\n")
             logf.flush()
             if on_log:
                 on_log(rec)
             t_last = time.perf_counter()
+            if last:
+                break
     return out / "last"
 
 

@@ -46,6 +46,7 @@ class OptimConfig:
     weight_decay: float = 0.1
     grad_clip: float = 1.0
     seed: int = 0
+    max_minutes: float = 0.0  # stop, with a checkpoint, once a step ends past this wall-clock budget (0: no limit)
 
     @classmethod
     def from_dict(cls, d: dict):
@@ -479,6 +480,7 @@ def train(cfg: TrainConfig, resume: bool = False, on_log: Log | None = None, dev
     t_last, ex_acc, tok_acc = time.perf_counter(), 0, 0
     try:
         stop = min(cfg.steps, cfg.until) if cfg.until > 0 else cfg.steps
+        deadline = wall_deadline(cfg)
         while step < stop:
             k, batch = make_batch(cfg, step)
             if bank is not None and (bank.rows is None or step % cfg.bank_refresh == 0):
@@ -496,13 +498,16 @@ def train(cfg: TrainConfig, resume: bool = False, on_log: Log | None = None, dev
                    "grad_norm": round(float(gnorm), 4), "ex_per_s": round(ex_acc / (now - t_last), 2),
                    "tok_per_s": round(tok_acc / (now - t_last), 1)}
             t_last, ex_acc, tok_acc = now, 0, 0
-            if cfg.eval_every > 0 and (step % cfg.eval_every == 0 or step == stop):
+            last = step == stop or time.monotonic() >= deadline
+            if cfg.eval_every > 0 and (step % cfg.eval_every == 0 or last):
                 rec["eval"] = run_eval(model, tok, cfg, sets, encoder, bank)
                 t_last = time.perf_counter()
             log(rec)
-            if step % cfg.save_every == 0 or step == stop:
+            if step % cfg.save_every == 0 or last:
                 _save(model, tok, opt, cfg, step, out)
                 t_last = time.perf_counter()
+            if last:
+                break
     finally:
         logf.close()
     return out / "last"
@@ -525,6 +530,11 @@ def _frozen_encoder(cfg: TrainConfig, model: Mamba2LM, tok: Tokenizer, out: Path
         save_checkpoint(encoder, tok, path, meta={"frozen_encoder_of": cfg.init})
     encoder.eval()
     return encoder.requires_grad_(False)
+
+
+def wall_deadline(cfg: OptimConfig) -> float:
+    """The ``time.monotonic()`` after which a run stops at the end of its step (inf without --max-minutes)."""
+    return time.monotonic() + cfg.max_minutes * 60 if cfg.max_minutes > 0 else math.inf
 
 
 def truncate_log(path: Path, step: int) -> None:

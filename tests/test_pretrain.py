@@ -131,6 +131,13 @@ def test_resumed_pretraining_matches_an_uninterrupted_run(tmp_path):
     assert [json.loads(x)["step"] for x in log] == list(range(1, 7))
 
 
+def test_pretrain_max_minutes_stops_after_the_step_that_ends_past_the_budget(tmp_path):
+    pretrain(_cfg(tmp_path, max_minutes=1e-9, save_every=5))
+    log = [json.loads(x) for x in (tmp_path / "lm" / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == [1] and "heldout_loss" in log[0]["eval"]  # the last step is evaluated
+    assert load_model(tmp_path / "lm" / "last").meta["pretrain"]["step"] == 1
+
+
 def test_pretrain_on_text_files_tokenises_once_and_resumes_from_the_shards_alone(tmp_path):
     corpus = tmp_path / "books"
     corpus.mkdir()

@@ -234,6 +234,16 @@ def test_resume_matches_uninterrupted_run(tmp_path):
         torch.testing.assert_close(m_res[n], m_full[n], rtol=1e-5, atol=1e-6)
 
 
+def test_max_minutes_stops_with_a_checkpoint_and_resume_finishes_the_schedule(tmp_path):
+    # a budget that every step overruns: the run stops after its first step, saved though save_every is 2
+    cfg = _cfg(out=str(tmp_path / "t"), steps=3, save_every=2, max_minutes=1e-9)
+    train(cfg)
+    assert [r["step"] for r in _log(tmp_path / "t")] == [1]
+    assert torch.load(tmp_path / "t" / "trainer.pt", weights_only=False)["step"] == 1
+    train(replace(cfg, max_minutes=0.0), resume=True)
+    assert [r["step"] for r in _log(tmp_path / "t")] == [1, 2, 3]
+
+
 def test_resume_without_checkpoint_raises(tmp_path):
     with pytest.raises(RagsoupError, match="nothing to resume"):
         train(_cfg(out=str(tmp_path / "empty")), resume=True)
