@@ -16,7 +16,7 @@ from ragsoup.checkpoint import Loaded, load_model
 from ragsoup.errors import RagsoupError
 from ragsoup.generate import generate
 from ragsoup.indexdir import DEFAULT_INDEX, read_manifest, read_passages
-from ragsoup.retrieve import get_embedder, load_index, score_passages, search
+from ragsoup.retrieve import bridge_queries, get_embedder, load_index, merge_hops, score_passages, search
 from ragsoup.soup import DEFAULT_TEMPERATURE, check_pool, check_weighting, relevance_weights, soup_rows
 from ragsoup.statecache import DeviceStateCache
 from ragsoup.store import StateStore, segments, unflatten_states
@@ -32,11 +32,12 @@ class AskResult:
     timings_ms: dict
     notices: list[str] = field(default_factory=list)
     weights: str = "uniform"
+    hops: int = 1
 
     def to_json(self) -> dict:
         """The `ask --json` object."""
         d = asdict(self)
-        d["passages"] = [{"id": p["id"], "score": p["score"], "weight": p["weight"], "text": p["text"]}
+        d["passages"] = [{"id": p["id"], "score": p["score"], "weight": p["weight"], "hop": p["hop"], "text": p["text"]}
                          for p in self.passages]
         d.pop("notices")
         return d
@@ -79,23 +80,36 @@ class Engine:
         self.cache = DeviceStateCache(self.store.view(), self.device, cache_mb) if self.device == "cuda" else None
 
     def ask(self, question: str, k: int = 5, pool: str = "mean", max_new_tokens: int = 32,
-            weights: str | None = None, temperature: float = DEFAULT_TEMPERATURE) -> AskResult:
+            weights: str | None = None, temperature: float = DEFAULT_TEMPERATURE, hops: int = 1) -> AskResult:
         """Answer one question from the soup of its top-k passages' states."""
-        return self.ask_batch([question], k, pool, max_new_tokens, weights, temperature)[0]
+        return self.ask_batch([question], k, pool, max_new_tokens, weights, temperature, hops)[0]
+
+    def retrieve(self, questions: Sequence[str], k: int, hops: int = 1) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Top-k (scores, rows, hop) per question. hops=2 adds a second search with the sentence of the top passage
+        closest to the question (the bridge to a fact the question does not name) and merges (``merge_hops``)."""
+        q = self.embedder.encode(list(questions))
+        scores, rows = search(self.faiss, q, k)
+        if hops == 1:
+            return scores, rows, np.ones_like(rows)
+        bridges = bridge_queries(self.embedder, q, [self.passages[r[0]].text for r in rows.tolist()])
+        return merge_hops((scores, rows), search(self.faiss, self.embedder.encode(bridges), k), k)
 
     def ask_batch(self, questions: Sequence[str], k: int = 5, pool: str = "mean", max_new_tokens: int = 32,
-                  weights: str | None = None, temperature: float = DEFAULT_TEMPERATURE) -> list[AskResult]:
+                  weights: str | None = None, temperature: float = DEFAULT_TEMPERATURE,
+                  hops: int = 1) -> list[AskResult]:
         """Answer several questions at once: one embedding call, one FAISS search, one batched decode.
 
         Each question gets its own top-k soup; timings are the batch's per stage, divided by its size.
         ``weights``: "retrieval" weighs each passage by softmax(score / temperature), "uniform" is the plain soup;
-        None: retrieval where the pooling takes weights (mean, centered), else uniform.
+        None: retrieval where the pooling takes weights (mean, centered), else uniform. ``hops=2``: see ``retrieve``.
         """
         questions = [q.strip() for q in questions]
         if not questions or not all(questions):
             raise RagsoupError("the question is empty: ask something, e.g. ragsoup ask \"What is ...?\"")
         if k <= 0:
             raise RagsoupError(f"--k must be at least 1 (got {k})")
+        if hops not in (1, 2):
+            raise RagsoupError(f"--hops must be 1 or 2 (got {hops})")
         check_pool(pool)
         weights = check_weighting(weights, pool, temperature)
         if pool == "centered" and self.background is None:
@@ -105,8 +119,10 @@ class Engine:
         if k > len(self.passages):
             notices.append(f"k={k} is more than the {len(self.passages)} passages in the index; using k={len(self.passages)}")
             k = len(self.passages)
+        if hops == 2 and k < 2:
+            raise RagsoupError("--hops 2 needs --k 2 or more: the second hop's passages take half of the k slots")
         t0 = time.perf_counter()
-        scores, rows = search(self.faiss, self.embedder.encode(list(questions)), k)
+        scores, rows, hop = self.retrieve(questions, k, hops)
         t1 = time.perf_counter()
         w_all = relevance_weights(scores, temperature) if weights == "retrieval" else None  # [n, k]
         # each question's k rows stream, in file order, straight from the memory map into its fp32 soup (one pass)
@@ -134,11 +150,11 @@ class Engine:
         for i, (question, answer, r_row, s_row) in enumerate(zip(questions, answers, rows.tolist(), scores.tolist())):
             ws = _shown_weights(None if w_all is None else w_all[i], len(r_row))
             passages = [
-                {"id": self.passages[r].id, "score": round(float(sc), 4), "weight": wt,
+                {"id": self.passages[r].id, "score": round(float(sc), 4), "weight": wt, "hop": int(h),
                  "text": self.passages[r].text, "title": self.passages[r].title, "source": self.passages[r].source}
-                for r, sc, wt in zip(r_row, s_row, ws)
+                for r, sc, wt, h in zip(r_row, s_row, ws, hop[i].tolist())
             ]
-            out.append(AskResult(question, answer, k, pool, passages, dict(timings), list(notices), weights))
+            out.append(AskResult(question, answer, k, pool, passages, dict(timings), list(notices), weights, hops))
         return out
 
 
@@ -180,7 +196,7 @@ def ask_document(
     t1 = time.perf_counter()
     answer = generate(loaded.model, loaded.tokenizer, states, [question], max_new_tokens)[0]
     t2 = time.perf_counter()
-    passages = [{"id": f"{path.name}#{i}", "score": round(float(sc), 4), "weight": wt, "text": s,
+    passages = [{"id": f"{path.name}#{i}", "score": round(float(sc), 4), "weight": wt, "hop": 1, "text": s,
                  "title": path.name, "source": str(path)}
                 for i, (s, sc, wt) in enumerate(zip(segments, scores, _shown_weights(w, len(segments))))]
     timings = {"retrieve": 0.0, "soup": round((t1 - t0) * 1000, 3), "decode": round((t2 - t1) * 1000, 3),

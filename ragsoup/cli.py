@@ -124,6 +124,7 @@ def ask(
                              "background state: ragsoup background)."),
     weights: Optional[str] = typer.Option(None, help="retrieval: weigh each passage by softmax(score / temperature) of its retrieval score; uniform: the plain equal-weight soup (the paper's). Default: retrieval with mean/centered pooling, else uniform."),
     temperature: Optional[float] = typer.Option(None, help="Softmax temperature of the retrieval weights (default 0.05; larger: closer to equal weights)."),
+    hops: int = typer.Option(1, "--hops", help="2: a second search with the top passage's sentence closest to the question, for facts the question does not name (two-hop questions); its passages take half of the k slots."),
     max_new_tokens: int = typer.Option(32, help="Answer length limit in tokens."),
     batch_size: int = typer.Option(16, help="With --questions: questions answered together (one embedding call, one batched decode)."),
     cache_mb: float = typer.Option(2048.0, help="On a GPU: MB of hot passage states kept on the device (LRU)."),
@@ -152,16 +153,23 @@ def ask(
     if doc is not None:
         from ragsoup.ask import ask_document
 
+        if hops != 1:
+            raise RagsoupError("--hops applies to an index; --doc soups every segment of the document")
         res = ask_document(doc, question or "", model=model, chunk_chars=chunk_chars, max_new_tokens=max_new_tokens,
                            device=device, **how)
         _render_answer(res, json_out, title=f"{res.k} segments of {doc}, {_souped(res.pool, weights, temperature)}")
         return
     engine = Engine(index_dir, model=model, device=device, cache_mb=cache_mb)
     if questions is not None:
-        _ask_file(engine, questions, k, how, max_new_tokens, json_out, batch_size)
+        _ask_file(engine, questions, k, {**how, "hops": hops}, max_new_tokens, json_out, batch_size)
         return
-    res = engine.ask(question, k=k, max_new_tokens=max_new_tokens, **how)
-    _render_answer(res, json_out, title=f"top-{res.k} passages, {_souped(res.pool, weights, temperature)}")
+    res = engine.ask(question, k=k, max_new_tokens=max_new_tokens, hops=hops, **how)
+    _render_answer(res, json_out, title=f"top-{res.k} passages{_hops(hops)}, {_souped(res.pool, weights, temperature)}")
+
+
+def _hops(hops: int) -> str:
+    """Retrieval hops, for titles."""
+    return " in 2 hops" if hops == 2 else ""
 
 
 def _souped(pool: str, weights: str, temperature: float) -> str:
@@ -181,11 +189,15 @@ def _render_answer(res, json_out: bool, title: str) -> None:
     table.add_column("#", justify="right")
     table.add_column("score", justify="right")
     table.add_column("weight", justify="right")
+    if res.hops > 1:
+        table.add_column("hop", justify="right")
     table.add_column("source")
     table.add_column("passage")
     for i, p in enumerate(res.passages, 1):
         snippet = p["text"] if len(p["text"]) <= 100 else p["text"][:97] + "..."
-        table.add_row(str(i), f"{p['score']:.3f}", f"{p['weight']:.3f}", escape(p["title"] or p["source"]), escape(snippet))
+        hop = [str(p["hop"])] if res.hops > 1 else []
+        table.add_row(str(i), f"{p['score']:.3f}", f"{p['weight']:.3f}", *hop, escape(p["title"] or p["source"]),
+                      escape(snippet))
     console.print(table)
     t = res.timings_ms
     console.print(" | ".join(f"{name} {t[name]:.1f} ms" for name in ("retrieve", "soup", "decode", "total")))
@@ -193,14 +205,14 @@ def _render_answer(res, json_out: bool, title: str) -> None:
 def _ask_file(engine, path: Path, k: int, how: dict, max_new_tokens: int, json_out: bool, batch_size: int = 16) -> None:
     """Answer every question of a questions.jsonl file, batch_size at a time; print each, EM/F1 and recall@k.
 
-    ``how``: the soup's pool, weights and temperature (Engine.ask_batch's arguments).
+    ``how``: the soup's pool, weights, temperature and retrieval hops (Engine.ask_batch's arguments).
     """
     from ragsoup.metrics import best_em_f1, gold_retrieved
     from ragsoup.tasks.files import read_questions
 
     qs = read_questions(path)
     rows, em_sum, f1_sum = [], 0.0, 0.0
-    table = Table(title=escape(f"{len(qs)} questions from {path}: top-{k}, "
+    table = Table(title=escape(f"{len(qs)} questions from {path}: top-{k}{_hops(how.get('hops', 1))}, "
                                f"{_souped(how['pool'], how['weights'], how['temperature'])}"))
     for col in ("question", "expected", "answer", "ok"):
         table.add_column(col)
@@ -226,7 +238,7 @@ def _ask_file(engine, path: Path, k: int, how: dict, max_new_tokens: int, json_o
         return
     console.print(table)
     console.print(f"[bold]EM {summary['em']:.1f}  F1 {summary['f1']:.1f}[/]  recall@{k} {summary['recall_at_k']:.1f}"
-                  f" over {len(qs)} questions")
+                  f" (all gold passages: {summary['recall_all_at_k']:.1f}) over {len(qs)} questions")
 
 
 @app.command()

@@ -109,6 +109,11 @@ def _sentences(para: str) -> Iterator[str]:
         yield piece
 
 
+def split_sentences(text: str) -> list[str]:
+    """The sentences of a text, as chunking finds them (paragraph breaks end a sentence too)."""
+    return [s for para in _paragraphs(text) for s in _sentences(para)]
+
+
 def _split_long(sentence: str, max_chars: int) -> Iterator[str]:
     """Split an over-long sentence on the last space that fits, else hard-split at max_chars (linear time)."""
     pos, n = 0, len(sentence)

@@ -221,3 +221,39 @@ def load_index(path: Path) -> faiss.Index:
         return faiss.read_index(str(path))
     except RuntimeError as exc:
         raise RetrieveError(f"FAISS index file '{path}' is corrupt or unreadable ({_first_line(exc)}): {_REBUILD}") from exc
+
+
+def bridge_queries(embedder: Any, q_emb: np.ndarray, texts: Sequence[str]) -> list[str]:
+    """For each query embedding, the sentence of ``texts[i]`` (its top passage) closest to it: the next hop's query."""
+    from ragsoup.corpus import split_sentences
+
+    sents = [split_sentences(t) or [t] for t in texts]
+    e = _as_matrix(embedder.encode([x for ss in sents for x in ss]), "sentence embeddings")
+    q = _as_matrix(q_emb, "queries")
+    out, at = [], 0
+    for i, ss in enumerate(sents):
+        out.append(ss[int(np.argmax(e[at : at + len(ss)] @ q[i]))])
+        at += len(ss)
+    return out
+
+
+def merge_hops(first: tuple[np.ndarray, np.ndarray], second: tuple[np.ndarray, np.ndarray],
+               k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """k results per query: the first hop's top ceil(k/2), then the second hop's best not already in, then the
+    first hop's rest. Each passage keeps the score of the query that found it; returns (scores, rows, hop 1|2)."""
+    (s1, r1), (s2, r2) = first, second
+    keep = -(-k // 2)
+    shape = (len(r1), k)
+    scores, rows, hop = np.zeros(shape, np.float32), np.full(shape, -1, np.int64), np.ones(shape, np.int64)
+    for i in range(len(r1)):
+        picked: dict[int, tuple[float, int]] = {}
+        cands = [*((r, sc, 1) for r, sc in zip(r1[i, :keep], s1[i, :keep])), *((r, sc, 2) for r, sc in zip(r2[i], s2[i])),
+                 *((r, sc, 1) for r, sc in zip(r1[i, keep:], s1[i, keep:]))]
+        for r, sc, h in cands:
+            if r >= 0 and int(r) not in picked and len(picked) < k:
+                picked[int(r)] = (float(sc), h)
+        n = len(picked)
+        rows[i, :n] = list(picked)
+        scores[i, :n] = [v[0] for v in picked.values()]
+        hop[i, :n] = [v[1] for v in picked.values()]
+    return scores, rows, hop

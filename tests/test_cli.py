@@ -243,14 +243,15 @@ def test_ask_human_output_with_the_real_decoder(built):
 
 def test_ask_json(built):
     obj = ask_json(built["out"], "Which bridge links Kobe to Awaji Island?", "--k", "3")
-    assert set(obj) == {"question", "answer", "k", "pool", "weights", "passages", "timings_ms"}
+    assert set(obj) == {"question", "answer", "k", "pool", "weights", "hops", "passages", "timings_ms"}
     assert obj["question"] == "Which bridge links Kobe to Awaji Island?"
     assert isinstance(obj["answer"], str) and obj["k"] == 3 and obj["pool"] == "mean"
     assert obj["weights"] == "retrieval"  # the default with mean pooling
     assert len(obj["passages"]) == 3
     ids = {p["id"] for p in passages_by_source(built["out"]).values()}
     for p in obj["passages"]:
-        assert set(p) == {"id", "score", "weight", "text"} and p["id"] in ids and isinstance(p["score"], float)
+        assert set(p) == {"id", "score", "weight", "hop", "text"} and p["id"] in ids and isinstance(p["score"], float)
+        assert p["hop"] == 1
     scores = [p["score"] for p in obj["passages"]]
     assert scores == sorted(scores, reverse=True)
     weights = [p["weight"] for p in obj["passages"]]  # softmax(score / 0.05): same order, sum 1
@@ -284,6 +285,21 @@ def test_retrieval_weights_interpolate_between_the_top_passage_and_the_plain_sou
         q, k=1, weights="uniform", max_new_tokens=12).answer
     assert engine.ask(q, weights="retrieval", temperature=1e4, **kw).answer == engine.ask(q, weights="uniform", **kw).answer
     assert sharp["answer"] == top1["answer"] and flat_["answer"] == uniform["answer"]
+
+
+def test_ask_in_two_hops(built):
+    q = "Which bridge links Kobe to Awaji Island?"
+    one = ask_json(built["out"], q, "--k", "4")
+    two = ask_json(built["out"], q, "--k", "4", "--hops", "2")
+    assert one["hops"] == 1 and two["hops"] == 2 and two["k"] == 4
+    ids = [p["id"] for p in two["passages"]]
+    assert len(set(ids)) == 4 and ids[:2] == [p["id"] for p in one["passages"][:2]]  # hop 1 keeps its top half
+    assert [p["hop"] for p in two["passages"]][:2] == [1, 1] and {p["hop"] for p in two["passages"]} <= {1, 2}
+    r = run("ask", q, "--index", built["out"], *ASK, "--k", "4", "--hops", "2")
+    ok(r)
+    assert "in 2 hops" in flat(r.stdout) and "hop" in r.stdout
+    assert_error(run("ask", q, "--index", built["out"], *ASK, "--hops", "3"), "--hops must be 1 or 2")
+    assert_error(run("ask", q, "--index", built["out"], *ASK, "--hops", "2", "--k", "1"), "--k 2 or more")
 
 
 def test_retrieval_weights_need_a_pooling_that_takes_them(built):
@@ -322,7 +338,7 @@ def test_ask_questions_file_human(built, questions_file):
     r = run("ask", "--questions", questions_file, "--index", built["out"], "--k", "2", *ASK)
     ok(r)
     text = flat(r.stdout)
-    assert re.search(r"EM [\d.]+ F1 [\d.]+ recall@2 100.0 over 2 questions", text), text
+    assert re.search(r"EM [\d.]+ F1 [\d.]+ recall@2 100.0 \(all gold passages: 100.0\) over 2 questions", text), text
     assert "Murano" in text and "Mauna Loa" in text
 
 

@@ -14,9 +14,11 @@ from ragsoup.retrieve import (
     DEFAULT_EMBEDDER,
     Embedder,
     RetrieveError,
+    bridge_queries,
     build_index,
     get_embedder,
     load_index,
+    merge_hops,
     save_index,
     search,
 )
@@ -185,3 +187,49 @@ def test_load_corrupt_index(tmp_path: Path) -> None:
     path.write_bytes(path.read_bytes()[:100])  # truncated
     with pytest.raises(RetrieveError, match="corrupt"):
         load_index(path)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# two hops
+# ---------------------------------------------------------------------------------------------------------------
+
+TWO_HOP = [
+    "The harvest fair drew crowds every autumn. Orla Venn was born in Tessary. The bakers sold apple pies.",
+    "Tessary is the capital of Moldavia Nova. Its river freezes in winter.",
+    "People from many countries were born in the valley towns, said the old census.",
+    "Which country a person is born in decides their first passport, the clerk explained.",
+    "Kelby is the capital of Rostania. Its harbour is deep.",
+    "The museum holds maps of every country in the region.",
+    "Brenna Holt was born in Kelby and later moved away.",
+]
+
+
+def test_merge_hops_keeps_the_first_half_then_the_second_hop_then_the_rest() -> None:
+    first = (np.array([[0.9, 0.8, 0.7, 0.6]], np.float32), np.array([[10, 11, 12, 13]]))
+    second = (np.array([[0.95, 0.5, 0.4, 0.3]], np.float32), np.array([[10, 20, 11, 21]]))
+    scores, rows, hop = merge_hops(first, second, 4)
+    assert rows.tolist() == [[10, 11, 20, 21]]  # the first hop's top 2, then the second's new ones
+    assert hop.tolist() == [[1, 1, 2, 2]]
+    np.testing.assert_allclose(scores, [[0.9, 0.8, 0.5, 0.3]])  # each keeps the score of the query that found it
+    # a second hop with nothing new: the first hop's rest fills the slots
+    _, rows, hop = merge_hops(first, (first[0], np.array([[13, 12, 11, 10]])), 4)
+    assert rows.tolist() == [[10, 11, 13, 12]] and hop.tolist() == [[1, 1, 2, 2]]
+    _, rows, _ = merge_hops(first, (first[0][:, :1], np.array([[10]])), 3)
+    assert rows.tolist() == [[10, 11, 12]]
+
+
+def test_bridge_query_is_the_top_passages_sentence_closest_to_the_question(embedder: Embedder) -> None:
+    q = embedder.encode(["In which country was Orla Venn born?", "What is deep?"])
+    got = bridge_queries(embedder, q, [TWO_HOP[0], TWO_HOP[4]])
+    assert got == ["Orla Venn was born in Tessary.", "Its harbour is deep."]
+    assert bridge_queries(embedder, q[:1], ["no sentence end"]) == ["no sentence end"]
+
+
+def test_the_second_hop_finds_the_fact_the_question_does_not_name(embedder: Embedder) -> None:
+    index = build_index(embedder.encode(TWO_HOP))
+    q = embedder.encode(["In which country was Orla Venn born?"])
+    first = search(index, q, 3)
+    assert first[1][0, 0] == 0 and 1 not in first[1][0]  # one hop: the person, not the capital
+    second = search(index, embedder.encode(bridge_queries(embedder, q, [TWO_HOP[first[1][0, 0]]])), 3)
+    _, rows, hop = merge_hops(first, second, 3)
+    assert rows[0, 0] == 0 and 1 in rows[0] and hop[0, list(rows[0]).index(1)] == 2
