@@ -85,13 +85,14 @@ class Engine:
         return self.ask_batch([question], k, pool, max_new_tokens, weights, temperature, hops)[0]
 
     def retrieve(self, questions: Sequence[str], k: int, hops: int = 1) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Top-k (scores, rows, hop) per question. hops=2 adds a second search with the sentence of the top passage
-        closest to the question (the bridge to a fact the question does not name) and merges (``merge_hops``)."""
+        """Top-k (scores, rows, hop) per question. hops=2 adds a second search with what the top passage's sentence
+        closest to the question adds to it (``bridge_queries``: the bridge to a fact the question does not name)
+        and merges the two (``merge_hops``)."""
         q = self.embedder.encode(list(questions))
         scores, rows = search(self.faiss, q, k)
         if hops == 1:
             return scores, rows, np.ones_like(rows)
-        bridges = bridge_queries(self.embedder, q, [self.passages[r[0]].text for r in rows.tolist()])
+        bridges = bridge_queries(self.embedder, questions, q, [self.passages[r[0]].text for r in rows.tolist()])
         return merge_hops((scores, rows), search(self.faiss, self.embedder.encode(bridges), k), k)
 
     def ask_batch(self, questions: Sequence[str], k: int = 5, pool: str = "mean", max_new_tokens: int = 32,

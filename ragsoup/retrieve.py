@@ -223,8 +223,20 @@ def load_index(path: Path) -> faiss.Index:
         raise RetrieveError(f"FAISS index file '{path}' is corrupt or unreadable ({_first_line(exc)}): {_REBUILD}") from exc
 
 
-def bridge_queries(embedder: Any, q_emb: np.ndarray, texts: Sequence[str]) -> list[str]:
-    """For each query embedding, the sentence of ``texts[i]`` (its top passage) closest to it: the next hop's query."""
+_WORD = re.compile(r"\w+")
+
+
+def novel_words(sentence: str, question: str) -> str:
+    """The words of ``sentence`` that ``question`` does not contain (case-insensitive), in order; the sentence
+    itself when it adds none. In a bridge sentence these name what the next hop must find."""
+    asked = {w.lower() for w in _WORD.findall(question)}
+    new = [w for w in _WORD.findall(sentence) if w.lower() not in asked]
+    return " ".join(new) or sentence
+
+
+def bridge_queries(embedder: Any, questions: Sequence[str], q_emb: np.ndarray, texts: Sequence[str]) -> list[str]:
+    """The next hop's query for each question: in ``texts[i]`` (its top passage), the sentence closest to the
+    question, less the question's own words (``novel_words``: "Orla Venn was born in Tessary." -> "Tessary")."""
     from ragsoup.corpus import split_sentences
 
     sents = [split_sentences(t) or [t] for t in texts]
@@ -232,7 +244,7 @@ def bridge_queries(embedder: Any, q_emb: np.ndarray, texts: Sequence[str]) -> li
     q = _as_matrix(q_emb, "queries")
     out, at = [], 0
     for i, ss in enumerate(sents):
-        out.append(ss[int(np.argmax(e[at : at + len(ss)] @ q[i]))])
+        out.append(novel_words(ss[int(np.argmax(e[at : at + len(ss)] @ q[i]))], questions[i]))
         at += len(ss)
     return out
 
