@@ -2,6 +2,7 @@
 consecutive stages on one step axis.
 
 Usage: python benchmarks/plot_training.py OUT.png RUN [RUN ...]
+       python benchmarks/plot_training.py --overlay OUT.png RUN [RUN ...]   # runs side by side on one axis
    e.g. python benchmarks/plot_training.py docs/img/train_default.png runs/default runs/default-k512 runs/default-keys
 """
 
@@ -27,8 +28,9 @@ def load_log(run: Path) -> list[dict]:
     return [by_step[s] for s in sorted(by_step)]
 
 
-def plot(runs: list[Path], out: Path, window: int = 50) -> None:
-    """Write a two-panel PNG: smoothed training loss, and EM@k at each evaluation, stages back to back."""
+def plot(runs: list[Path], out: Path, window: int = 50, overlay: bool = False) -> None:
+    """Write a two-panel PNG: smoothed training loss, and EM@k at each evaluation, stages back to back (overlay:
+    every run from step 0, e.g. a soup and a concat run at one budget)."""
     fig, (a, b) = plt.subplots(1, 2, figsize=(12, 4.2))
     offset = 0
     colors: dict[str, str] = {}
@@ -41,14 +43,20 @@ def plot(runs: list[Path], out: Path, window: int = 50) -> None:
         a.plot(steps, smooth, color=f"C{i}", label=f"{run.name} ({window}-step mean)")
         evals = [r for r in recs if "eval" in r]
         for key in evals[0]["eval"] if evals else []:
+            name = key.replace("em@", "EM, k=")
+            if overlay:
+                colors[f"{run.name} {key}"] = f"C{i}"
+                b.plot([r["step"] for r in evals], [r["eval"][key] for r in evals], marker="o", color=f"C{i}",
+                       label=f"{run.name}: {name}")
+                continue
             colors.setdefault(key, f"C{len(colors)}")
             b.plot([offset + r["step"] for r in evals], [r["eval"][key] for r in evals], marker="o", color=colors[key],
-                   label=key.replace("em@", "EM, k=") if i == len(runs) - 1 or key not in [l.get_label() for l in b.lines] else None)
-        if i:
+                   label=name if i == len(runs) - 1 or key not in [l.get_label() for l in b.lines] else None)
+        if i and not overlay:
             for ax in (a, b):
                 ax.axvline(offset, color="grey", lw=0.8, ls="--")
-        offset = steps[-1] if steps else offset
-    a.set_xlabel("step (stages back to back)")
+        offset = offset if overlay else (steps[-1] if steps else offset)
+    a.set_xlabel("step" if overlay else "step (stages back to back)")
     a.set_ylabel("answer-token cross-entropy")
     a.set_yscale("log")
     a.legend(fontsize=8)
@@ -64,4 +72,7 @@ def plot(runs: list[Path], out: Path, window: int = 50) -> None:
 
 
 if __name__ == "__main__":
-    plot([Path(p) for p in sys.argv[2:]], Path(sys.argv[1]))
+    args = sys.argv[1:]
+    overlay = args[:1] == ["--overlay"]
+    args = args[1:] if overlay else args
+    plot([Path(p) for p in args[1:]], Path(args[0]), overlay=overlay)
