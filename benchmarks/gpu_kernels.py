@@ -1,5 +1,6 @@
 """Issue 6's GPU measurements in one run: state-encoding and training throughput with the fused kernels vs the
-PyTorch reference on the same device, and souping k = 256 states on the device vs its memory bandwidth.
+PyTorch reference on the same device, and souping k = 256 states on the device vs its memory bandwidth; also
+wiki-small's LM pretraining throughput (issue 7: how many GPU minutes its stage 1 needs).
 
     python benchmarks/gpu_kernels.py --device cuda --json > gpu.json      # on the GPU machine
     python benchmarks/gpu_kernels.py --device cpu --quick                  # dry run of the same code path
@@ -42,9 +43,11 @@ from ragsoup.tokenizer import ByteTokenizer
 torch.manual_seed(0)
 out = {"backend": kernels.active_backend(dev), "note": kernels.status_note()}
 
+from ragsoup.pretrain import PRETRAIN_PRESETS, lm_loss
+WIKI = PRETRAIN_PRESETS["wiki-small"]
+
 # 1. state encoding: tokens/s of independent passages, batch as ragsoup index batches them
-for name, conf, length in (("default", PRESETS["default"]["model"], 64), ("wiki-small", {"d_model": 384, "n_layer": 8,
-        "d_state": 64, "headdim": 64, "expand": 2, "chunk_size": 64}, 512)):
+for name, conf, length in (("default", PRESETS["default"]["model"], 64), ("wiki-small", WIKI["model"], 512)):
     model = Mamba2LM(Mamba2Config.from_dict({**conf, "vocab_size": 8192})).to(dev).eval()
     ids = torch.randint(5, 8192, (a["batch_size"], length), device=dev)
     def enc():
@@ -73,6 +76,17 @@ for k in a["ks"]:
     if dev == "cuda":
         row["peak_mb"] = torch.cuda.max_memory_allocated() / 2**20
     out[f"train_k{k}"] = row
+
+# 3. wiki-small's stage 1 (issue 7): tokens/s of one LM pretraining step, its preset's rows of 512 tokens
+wiki = Mamba2LM(Mamba2Config.from_dict({**WIKI["model"], "vocab_size": 8192})).to(dev)
+rows = torch.randint(5, 8192, (a["lm_batch"], WIKI["seq_len"]), device=dev)
+def lm_step():
+    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=dev == "cuda"):
+        loss = lm_loss(wiki, rows)
+    loss.backward()
+    wiki.zero_grad(set_to_none=True)
+s = timed(lm_step, max(1, a["reps"] // 4))
+out["pretrain_wiki-small"] = {"tokens_per_s": rows.numel() / s, "ms_per_step": s * 1e3, "batch": a["lm_batch"]}
 print("RESULT " + json.dumps(out))
 """
 
@@ -118,13 +132,13 @@ def main() -> int:
     ap.add_argument("--json", action="store_true")
     a = ap.parse_args()
     args = dict(device=a.device, batch_size=4 if a.quick else 64, reps=2 if a.quick else 20,
-                ks=[4] if a.quick else [4, 16, 64], train_batch=2 if a.quick else 8)
+                ks=[4] if a.quick else [4, 16, 64], train_batch=2 if a.quick else 8, lm_batch=2 if a.quick else 64)
     t = time.perf_counter()
     res = {"device": a.device, "fused": child(CHILD, args, {}), "torch": child(CHILD, args, {"RAGSOUP_KERNELS": "torch"})}
     res["soup"] = child(SOUP, args, {})
     for key in res["fused"]:
-        if key.startswith("encode_") or key.startswith("train_"):
-            metric = "tokens_per_s" if key.startswith("encode_") else "examples_per_s"
+        if key.startswith(("encode_", "train_", "pretrain_")):
+            metric = "examples_per_s" if key.startswith("train_") else "tokens_per_s"
             res.setdefault("speedup", {})[key] = res["fused"][key][metric] / res["torch"][key][metric]
     res["wall_s"] = time.perf_counter() - t
     if a.json:
