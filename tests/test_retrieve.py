@@ -236,3 +236,28 @@ def test_the_second_hop_finds_the_fact_the_question_does_not_name(embedder: Embe
     second = search(index, embedder.encode(bridges), 3)
     _, rows, hop = merge_hops(first, second, 3)
     assert rows[0, 0] == 0 and 1 in rows[0] and hop[0, list(rows[0]).index(1)] == 2
+
+
+def test_packed_embedder_unpacks_to_the_same_bytes(tmp_path: Path) -> None:
+    """benchmarks/pack_embedder.py (how a GPU run carries the embedder under 64 MiB) is lossless."""
+    import importlib.util
+    import json
+
+    from safetensors.numpy import save_file
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "pack_embedder.py"
+    spec = importlib.util.spec_from_file_location("pack_embedder", path)
+    pack = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(pack)
+    src = tmp_path / "emb"
+    (src / "1_Pooling").mkdir(parents=True)
+    (src / "1_Pooling" / "config.json").write_text(json.dumps({"pooling_mode_mean_tokens": True}))
+    (src / "tokenizer.json").write_text("{}")
+    w = np.random.default_rng(0).standard_normal((64, 48)).astype(np.float16)
+    save_file({"w": w, "b": w[:3, :5].copy()}, str(src / "model.safetensors"))
+    pack.pack(src, tmp_path / "emb.pack")
+    pack.unpack(tmp_path / "emb.pack", tmp_path / "out")
+    files = sorted(p.relative_to(src) for p in src.rglob("*") if p.is_file())
+    assert files == sorted(p.relative_to(tmp_path / "out") for p in (tmp_path / "out").rglob("*") if p.is_file())
+    for f in files:
+        assert (tmp_path / "out" / f).read_bytes() == (src / f).read_bytes(), f
