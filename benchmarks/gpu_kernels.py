@@ -38,13 +38,12 @@ def timed(fn, reps):
 CHILD = r"""
 from ragsoup import kernels
 from ragsoup.model import Mamba2Config, Mamba2LM
+from ragsoup.pretrain import PRETRAIN_PRESETS, lm_loss
 from ragsoup.train import PRESETS, TrainConfig, loss_on_batch, make_batch
 from ragsoup.tokenizer import ByteTokenizer
+WIKI = PRETRAIN_PRESETS["wiki-small"]
 torch.manual_seed(0)
 out = {"backend": kernels.active_backend(dev), "note": kernels.status_note()}
-
-from ragsoup.pretrain import PRETRAIN_PRESETS, lm_loss
-WIKI = PRETRAIN_PRESETS["wiki-small"]
 
 # 1. state encoding: tokens/s of independent passages, batch as ragsoup index batches them
 for name, conf, length in (("default", PRESETS["default"]["model"], 64), ("wiki-small", WIKI["model"], 512)):

@@ -45,7 +45,6 @@ def plot(runs: list[Path], out: Path, window: int = 50, overlay: bool = False) -
         for key in evals[0]["eval"] if evals else []:
             name = key.replace("em@", "EM, k=")
             if overlay:
-                colors[f"{run.name} {key}"] = f"C{i}"
                 b.plot([r["step"] for r in evals], [r["eval"][key] for r in evals], marker="o", color=f"C{i}",
                        label=f"{run.name}: {name}")
                 continue

@@ -212,7 +212,7 @@ def _ask_file(engine, path: Path, k: int, how: dict, max_new_tokens: int, json_o
 
     qs = read_questions(path)
     rows, em_sum, f1_sum = [], 0.0, 0.0
-    table = Table(title=escape(f"{len(qs)} questions from {path}: top-{k}{_hops(how.get('hops', 1))}, "
+    table = Table(title=escape(f"{len(qs)} questions from {path}: top-{k}{_hops(how['hops'])}, "
                                f"{_souped(how['pool'], how['weights'], how['temperature'])}"))
     for col in ("question", "expected", "answer", "ok"):
         table.add_column(col)
