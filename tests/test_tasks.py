@@ -18,6 +18,7 @@ from ragsoup.tasks.filler import VOCABULARY, make_title, strip_gutenberg
 from ragsoup.tasks.hotpot import hotpot_examples, load_hotpot
 from ragsoup.tasks.needle import VARIANTS, make_needle_corpus, needle_example
 from ragsoup.tasks.squad import load_squad, split_by_article, squad_examples
+from ragsoup.tasks import twohop
 from ragsoup.tasks.twohop import make_twohop_corpus, twohop_example
 
 DIGIT = re.compile(r"\d")
@@ -173,6 +174,21 @@ def test_name_generator_distinct_and_no_substrings() -> None:
         for b in words[:150]:
             assert a == b or a not in b
     assert not gen.reserve(words[0])
+
+
+def test_a_name_that_is_a_whole_suffix_does_not_exhaust_the_two_hop_world() -> None:
+    # seed 7's step 1192 of a training run reserved the country "Avia" ("av" + "-ia") and then drew the suffix
+    # "-avia", which every candidate would contain: the generator gave up with "name space is exhausted"
+    gen = NameGenerator()
+    assert gen.can_end_with("avia") and gen.reserve("avia")
+    assert not gen.can_end_with("avia") and not gen.can_end_with("navia") and gen.can_end_with("ia")
+    world = twohop._World()
+    world.names.reserve("avia")
+    rng = random.Random(0)
+    suffixes = {world._suffix(rng, twohop.COUNTRY_SUFFIXES) for _ in range(200)}
+    assert "avia" not in suffixes and len(suffixes) == len(twohop.COUNTRY_SUFFIXES) - 1
+    for _ in range(30):  # every later chain still gets fresh names
+        world.chain(rng)
 
 
 # ---------------------------------------------------------------------------

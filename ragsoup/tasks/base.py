@@ -147,6 +147,11 @@ class NameGenerator:
         self._substrings.update(t[i:j] for i in range(n) for j in range(i + 1, n + 1))
         return True
 
+    def can_end_with(self, suffix: str) -> bool:
+        """False when a reserved word lies inside ``suffix``, so that every word ending in it would clash."""
+        t = suffix.lower()
+        return not any(t[i:j] in self._used for i in range(len(t)) for j in range(i + 3, len(t) + 1))
+
     def raw_word(self, rng: random.Random, min_syl: int = 2, max_syl: int = 3, final: bool = True) -> str:
         """Return a random pronounceable lowercase word (not reserved, may clash)."""
         n_syl = rng.randint(min_syl, max_syl)

@@ -81,8 +81,8 @@ class _World:
     def chain(self, rng: random.Random) -> Chain:
         """Return a chain with a fresh person, city and country."""
         person = f"{self.names.name(rng, 2, 2, max_len=8)} {self.names.name(rng, 2, 3, max_len=9)}"
-        city = self.names.name(rng, 1, 2, suffix=rng.choice(CITY_SUFFIXES), max_len=7)
-        country = self.names.name(rng, 1, 2, suffix=rng.choice(COUNTRY_SUFFIXES), max_len=7)
+        city = self.names.name(rng, 1, 2, suffix=self._suffix(rng, CITY_SUFFIXES), max_len=7)
+        country = self.names.name(rng, 1, 2, suffix=self._suffix(rng, COUNTRY_SUFFIXES), max_len=7)
         return Chain(
             person=person,
             city=city,
@@ -90,6 +90,15 @@ class _World:
             person_relation=rng.choice(list(PERSON_RELATIONS)),
             city_relation=rng.choice(list(CITY_RELATIONS)),
         )
+
+
+    def _suffix(self, rng: random.Random, options: tuple[str, ...]) -> str:
+        """A random suffix from options; re-drawn among the usable ones when an earlier name blocks it
+        (the country "Avia" blocks every "-avia"), so that the same draws as before give the same names."""
+        suffix = rng.choice(options)
+        if self.names.can_end_with(suffix):
+            return suffix
+        return rng.choice([s for s in options if self.names.can_end_with(s)])
 
 
 def _distractor_facts(rng: random.Random, world: _World, n: int) -> list[str]:
