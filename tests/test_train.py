@@ -462,7 +462,7 @@ def test_squad_task_needs_its_file_and_unknown_tasks_are_refused(tmp_path):
 def test_presets_are_valid_and_the_shipped_chain_links_stage_to_stage():
     for name, preset in T.PRESETS.items():
         TrainConfig.from_dict(dict(preset))  # every preset parses
-    chain = ["default", "default-k512", "default-keys", "default-needle"]
+    chain = ["default", "default-k512", "default-keys", "default-needle", "default-twohop", "default-final"]
     for prev, nxt in zip(chain, chain[1:]):
         assert T.PRESETS[nxt]["init"] == T.PRESETS[prev]["out"] + "/last", (prev, nxt)
     outs = [T.PRESETS[n]["out"] for n in chain]
