@@ -11,14 +11,13 @@ from pathlib import Path
 import pytest
 
 from ragsoup.errors import RagsoupError
-from ragsoup.tasks import TASKS, FillerSource, ProseFiller, SoupExample, generate_example
+from ragsoup.tasks import TASKS, FillerSource, ProseFiller, SoupExample, generate_example, twohop
 from ragsoup.tasks.base import NameGenerator, insert_sentence, split_sentences
 from ragsoup.tasks.files import make_corpus, read_corpus, read_questions, write_corpus
 from ragsoup.tasks.filler import VOCABULARY, make_title, strip_gutenberg
 from ragsoup.tasks.hotpot import hotpot_examples, load_hotpot
 from ragsoup.tasks.needle import VARIANTS, make_needle_corpus, needle_example
 from ragsoup.tasks.squad import load_squad, split_by_article, squad_examples
-from ragsoup.tasks import twohop
 from ragsoup.tasks.twohop import make_twohop_corpus, twohop_example
 
 DIGIT = re.compile(r"\d")

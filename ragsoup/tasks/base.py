@@ -130,12 +130,16 @@ class NameGenerator:
         self._used: set[str] = set()
         self._substrings: set[str] = set()
 
+    def _contains_used(self, t: str) -> bool:
+        """True when a reserved word (3+ letters) lies inside the lowercase string t."""
+        n = len(t)
+        return any(t[i:j] in self._used for i in range(n) for j in range(i + 3, n + 1))
+
     def _ok(self, token: str) -> bool:
         t = token.lower()
         if len(t) < 3 or t in self._forbidden or t in self._substrings:
             return False
-        n = len(t)
-        return not any(t[i:j] in self._used for i in range(n) for j in range(i + 3, n + 1))
+        return not self._contains_used(t)
 
     def reserve(self, token: str) -> bool:
         """Mark token as used; return False (and reserve nothing) if it clashes with an earlier one."""
@@ -149,8 +153,7 @@ class NameGenerator:
 
     def can_end_with(self, suffix: str) -> bool:
         """False when a reserved word lies inside ``suffix``, so that every word ending in it would clash."""
-        t = suffix.lower()
-        return not any(t[i:j] in self._used for i in range(len(t)) for j in range(i + 3, len(t) + 1))
+        return not self._contains_used(suffix.lower())
 
     def raw_word(self, rng: random.Random, min_syl: int = 2, max_syl: int = 3, final: bool = True) -> str:
         """Return a random pronounceable lowercase word (not reserved, may clash)."""

@@ -91,7 +91,6 @@ class _World:
             city_relation=rng.choice(list(CITY_RELATIONS)),
         )
 
-
     def _suffix(self, rng: random.Random, options: tuple[str, ...]) -> str:
         """A random suffix from options; re-drawn among the usable ones when an earlier name blocks it
         (the country "Avia" blocks every "-avia"), so that the same draws as before give the same names."""
