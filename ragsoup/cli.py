@@ -266,6 +266,8 @@ def train(
     bank_size: Optional[int] = typer.Option(None, help="Filler-state bank size (0: off); with it only --fresh-max passages per example get gradient."),
     bank_refresh: Optional[int] = typer.Option(None, help="Steps between re-encodes of the filler bank."),
     fresh_max: Optional[int] = typer.Option(None, help="With a bank: passages per example encoded with gradient."),
+    bank_prose: Optional[str] = typer.Option(None, help="With a bank: part of it is prose from this .txt / Gutenberg .jsonl(.gz) file."),
+    bank_prose_frac: Optional[float] = typer.Option(None, help="With --bank-prose: the bank's prose fraction (and of examples with prose filler)."),
     eval_every: Optional[int] = typer.Option(None, help="Held-out EM per k every N steps (0: off)."),
     eval_ks: Optional[str] = typer.Option(None, help="k values for held-out EM, e.g. 1,4,16."),
     save_every: Optional[int] = typer.Option(None, help="Checkpoint every N steps."),
@@ -290,7 +292,8 @@ def train(
                  steps=steps, batch_size=batch_size, lr=lr, warmup_steps=warmup_steps, passage_chars=passage_chars,
                  seed=seed, ckpt_group=ckpt_group, eval_every=eval_every, eval_ks=eval_ks, save_every=save_every,
                  init=init, tokenizer=tokenizer, extra_questions=extra_questions, bank_size=bank_size,
-                 bank_refresh=bank_refresh, fresh_max=fresh_max, until=until, squad=squad, max_minutes=max_minutes)
+                 bank_refresh=bank_refresh, fresh_max=fresh_max, bank_prose=bank_prose, bank_prose_frac=bank_prose_frac,
+                 until=until, squad=squad, max_minutes=max_minutes)
     base.update({k: v for k, v in given.items() if v is not None})
     if freeze_encoder:
         base["freeze_encoder"] = True

@@ -74,6 +74,10 @@ class TrainConfig(OptimConfig):
     bank_size: int = 0
     bank_refresh: int = 25
     fresh_max: int = 8
+    # Prose in the bank (off when None): that fraction of the bank is passages of this .txt / Gutenberg .jsonl(.gz)
+    # text, the rest template filler; each example draws all its bank rows from one of the two kinds
+    bank_prose: str | None = None
+    bank_prose_frac: float = 0.5
     ckpt_group: int = 16  # passages per activation-checkpointed encode group; 0 = no checkpointing
     passage_chars: int = 200
     max_tokens: int = 512
@@ -337,23 +341,43 @@ class FillerBank:
             raise RagsoupError(f"--bank-size needs a linear pool (mean, sum or centered), not '{cfg.pool}'")
         self.cfg = cfg
         self.rows: torch.Tensor | None = None
+        self._prose_source = None
 
     def refresh(self, model: Mamba2LM, tok: Tokenizer, step: int) -> None:
-        """Re-encode bank_size fresh filler passages with the current weights."""
+        """Re-encode bank_size fresh filler passages (template, then prose if any) with the current weights."""
         from ragsoup.tasks.filler import FillerSource
 
         rng = random.Random(f"bank:{self.cfg.seed}:{step}")
-        src = FillerSource()
-        seqs = [passage_ids(tok, src.passage(rng, self.cfg.passage_chars), self.cfg.max_tokens)
-                for _ in range(self.cfg.bank_size)]
+        n_prose = self.n_prose()
+        sources = [FillerSource()] * (self.cfg.bank_size - n_prose) + ([self._prose()] * n_prose if n_prose else [])
+        seqs = [passage_ids(tok, src.passage(rng, self.cfg.passage_chars), self.cfg.max_tokens) for src in sources]
         self.rows = encode_rows(model, seqs, tok.pad_id, 64, grad=False).float()
         self.background = self.rows.mean(0)  # [D]: the current model's background state, for the centered pool
 
+    def n_prose(self) -> int:
+        """How many of the bank's rows (its last ones) are prose passages."""
+        if not self.cfg.bank_prose:
+            return 0
+        return min(self.cfg.bank_size - 1, max(1, round(self.cfg.bank_prose_frac * self.cfg.bank_size)))
+
+    def _prose(self):
+        """The prose source (read once)."""
+        if self._prose_source is None:
+            from ragsoup.tasks.filler import ProseFiller
+
+            self._prose_source = ProseFiller(self.cfg.bank_prose)
+        return self._prose_source
+
     def sums(self, n_each: int, batch: int, step: int) -> torch.Tensor:
-        """[batch, D]: for each example, the sum of n_each bank rows drawn with replacement."""
+        """[batch, D]: for each example, the sum of n_each bank rows drawn with replacement from one kind of text."""
         gen = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + step)
-        idx = torch.randint(0, self.rows.shape[0], (batch, n_each), generator=gen)
-        counts = torch.zeros(batch, self.rows.shape[0])
+        n, n_prose = self.rows.shape[0], self.n_prose()
+        idx = torch.randint(0, n - n_prose, (batch, n_each), generator=gen)
+        if n_prose:
+            prose = torch.rand(batch, generator=gen) < n_prose / n  # [batch]: this example's filler is prose
+            idx_prose = n - n_prose + torch.randint(0, n_prose, (batch, n_each), generator=gen)
+            idx = torch.where(prose[:, None], idx_prose, idx)
+        counts = torch.zeros(batch, n)
         counts.scatter_add_(1, idx, torch.ones(batch, n_each))
         return counts.to(self.rows.device) @ self.rows
 
@@ -460,6 +484,13 @@ def train(cfg: TrainConfig, resume: bool = False, on_log: Log | None = None, dev
                            "--bank-size N (e.g. 256), then run `ragsoup background` on the result")
     if cfg.mode not in ("soup", "concat"):
         raise RagsoupError(f"unknown mode '{cfg.mode}': use soup or concat")
+    if cfg.bank_prose:
+        if cfg.bank_size < 2:
+            raise RagsoupError("--bank-prose puts prose into the filler bank: give --bank-size N too (e.g. 512)")
+        if not Path(cfg.bank_prose).is_file():
+            raise RagsoupError(f"--bank-prose: no such file {cfg.bank_prose} (a .txt or Gutenberg .jsonl(.gz) file)")
+        if not 0.0 < cfg.bank_prose_frac < 1.0:
+            raise RagsoupError(f"--bank-prose-frac must be between 0 and 1 (got {cfg.bank_prose_frac})")
     if cfg.arch not in ("mamba2", "transformer"):
         raise RagsoupError(f"unknown arch '{cfg.arch}': use mamba2 or transformer")
     if not 1 <= cfg.k_min <= cfg.k_max:

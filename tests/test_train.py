@@ -404,6 +404,40 @@ def test_centered_training_reads_the_bank_mean_as_background():
     torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
 
+def test_a_prose_bank_holds_both_kinds_and_each_example_reads_one(tmp_path):
+    from ragsoup.model import Mamba2Config, Mamba2LM
+    from ragsoup.tokenizer import ByteTokenizer
+    from ragsoup.train import FillerBank, TrainConfig
+
+    book = tmp_path / "book.txt"
+    book.write_text(" ".join(f"The river ran past the {w} house in the evening light." for w in
+                             ["old", "red", "quiet", "tall", "narrow", "white"]) + "\n", encoding="utf-8")
+    torch.manual_seed(0)
+    model = Mamba2LM(Mamba2Config(d_model=32, n_layer=2, vocab_size=264, d_state=8, headdim=16, chunk_size=8))
+    cfg = TrainConfig(tasks="needle:1", k_min=16, k_max=16, batch_size=2, passage_chars=80, ckpt_group=0,
+                      bank_size=8, fresh_max=3, bank_prose=str(book), bank_prose_frac=0.25)
+    bank = FillerBank(cfg)
+    bank.refresh(model, ByteTokenizer(), 0)
+    assert bank.n_prose() == 2 and bank.rows.shape == (8, model.cfg.state_numel())
+    plain = FillerBank(replace(cfg, bank_prose=None))
+    plain.refresh(model, ByteTokenizer(), 0)
+    torch.testing.assert_close(bank.rows[:6], plain.rows[:6])  # the template part is the plain bank's first rows
+    assert not torch.allclose(bank.rows[6:], plain.rows[6:])
+    bank.rows = torch.eye(8)  # sums() now returns each example's draw counts per bank row
+    counts = torch.cat([bank.sums(5, 64, step) for step in range(4)])  # [256, 8]
+    from_prose = counts[:, 6:].sum(1)
+    assert set(from_prose.tolist()) == {0.0, 5.0}  # every example reads one kind only
+    assert 0.1 < (from_prose > 0).float().mean() < 0.4  # about a quarter read prose
+    torch.testing.assert_close(counts.sum(1), torch.full((256,), 5.0))
+
+
+def test_a_prose_bank_needs_a_bank_and_a_readable_file(tmp_path):
+    with pytest.raises(RagsoupError, match="--bank-size"):
+        train(TrainConfig(out=str(tmp_path / "a"), bank_prose=str(tmp_path / "x.txt")))
+    with pytest.raises(RagsoupError, match="no such file"):
+        train(TrainConfig(out=str(tmp_path / "b"), bank_size=8, bank_prose=str(tmp_path / "x.txt")))
+
+
 def test_filler_bank_rejects_nonlinear_pools():
     from ragsoup.errors import RagsoupError
     from ragsoup.train import FillerBank, TrainConfig
