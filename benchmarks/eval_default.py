@@ -1,6 +1,7 @@
 """Held-out answer quality of a model on the generated tasks (no retrieval): the table in docs/models.md.
 
-Usage: python benchmarks/eval_default.py [--model default] [--n 64] [--seed 12345] [--prose PATH] [--out FILE.json]
+Usage: python benchmarks/eval_default.py [--model default] [--n 64] [--seed 12345] [--prose PATH] [--bg-prose PATH]
+       [--out FILE.json]
        [--pools centered,max,mean/retrieval]  (only those rows; the --out file keeps its others)
 Every number comes from `ragsoup eval` (bench.run_eval) on freshly generated examples (seed disjoint from training).
 """
@@ -15,7 +16,8 @@ from pathlib import Path
 from ragsoup.bench import run_eval
 from ragsoup.device import set_threads
 
-PLAN = [  # (label, task, k values, mode, pool, filler?[, weights]); rows are selected by "pool[/weights]"
+PLAN = [  # (label, task, k values, mode, pool, filler?[, weights[, background from --bg-prose?]]); rows are
+    # selected by "pool[/weights]"
     ("needle, template filler", "needle", [1, 4, 16, 64, 128, 256], "soup", "mean", False),
     ("needle, Gutenberg prose filler", "needle", [4, 16, 64], "soup", "mean", True),
     ("needle-distractor (gold + up to 3 other needles)", "needle-distractor", [4, 16, 64], "soup", "mean", False),
@@ -32,6 +34,10 @@ PLAN = [  # (label, task, k values, mode, pool, filler?[, weights]); rows are se
     # centered: the mean with each passage's deviation from the model's background state scaled by sqrt(k)
     ("needle, pool=centered", "needle", [1, 4, 16, 64, 128, 256], "soup", "centered", False),
     ("needle, Gutenberg prose filler, pool=centered", "needle", [16, 64, 256], "soup", "centered", True),
+    # the same, centred on a background of prose from other books (--bg-prose), as an index of prose centres on its
+    # corpus's mean state
+    ("needle, Gutenberg prose filler, pool=centered, prose background", "needle", [64, 256], "soup", "centered", True,
+     "uniform", True),
     ("needle-distractor, pool=centered", "needle-distractor", [4, 16, 64], "soup", "centered", False),
     ("needle-multikey, pool=centered", "needle-multikey", [2, 4, 8, 16], "soup", "centered", False),
     # relevance weights: each given passage weighed by softmax(embedder score / 0.05), as `ask` does by default
@@ -54,6 +60,8 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=64)
     ap.add_argument("--seed", type=int, default=12345)
     ap.add_argument("--prose", default="../shared/data/gutenberg/books-03.jsonl.gz")
+    ap.add_argument("--bg-prose", default="../shared/data/gutenberg/books-00.jsonl.gz",
+                    help="other books, for the rows centred on a prose background")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--out", default=None)
     ap.add_argument("--pools", default=None, help="only the plan's rows with these pools (e.g. centered,max); "
@@ -67,12 +75,14 @@ def main() -> None:
     print("| task | mode | pool | k | n | EM | F1 | seconds |\n|---|---|---|---:|---:|---:|---:|---:|")
     for label, task, ks, mode, pool, prose, *rest in PLAN:
         weights = rest[0] if rest else "uniform"
-        if (prose and not Path(a.prose).exists()) or (only and key(pool, weights) not in only):
+        bg_text = a.bg_prose if rest[1:] and rest[1] else None
+        if (prose and not Path(a.prose).exists()) or (bg_text and not Path(bg_text).exists()) or (
+                only and key(pool, weights) not in only):
             continue
         for k in ks:
             t = time.perf_counter()
             r = run_eval(task, k=k, mode=mode, pool=pool, limit=a.n, model=a.model, seed=a.seed, device="cpu",
-                         batch_size=16, filler=a.prose if prose else None, weights=weights)
+                         batch_size=16, filler=a.prose if prose else None, weights=weights, background_text=bg_text)
             dt = time.perf_counter() - t
             rows.append({"label": label, **r.to_json(), "pool": pool, "seconds": round(dt, 1)})
             print(f"| {label} | {mode} | {key(pool, weights)} | {k} | {r.n} | {r.em:.1f} | {r.f1:.1f} | {dt:.0f} |", flush=True)

@@ -52,7 +52,7 @@ class Engine:
     """A loaded index + model, ready to answer questions (load once, ask many times)."""
 
     def __init__(self, index_dir: str | Path | None = None, model: str | Path | None = None, device: str = "auto",
-                 cache_mb: float = 2048.0) -> None:
+                 cache_mb: float = 2048.0, background: str = "model") -> None:
         self.index_dir = Path(index_dir) if index_dir else DEFAULT_INDEX
         if index_dir is None and not (self.index_dir / "manifest.json").exists():
             raise RagsoupError(
@@ -74,7 +74,8 @@ class Engine:
             raise RagsoupError(f"index {self.index_dir} is inconsistent (row counts differ): rebuild it with `ragsoup index`")
         self.embedder = get_embedder(m.embedder, self.device)
         self.segments = segments(self.loaded.model.cfg)
-        self.background = load_background(self.loaded.path, m.state_numel)  # for --pool centered; None if absent
+        # for --pool centered: the model's background state (None if absent) or the corpus's (the index's mean state)
+        self.background, self.background_source = _pick_background(background, data, self.loaded.path, m.state_numel)
         # on a GPU, hot rows stay on the device (LRU, cache_mb) and soups are pooled there; on a CPU the rows
         # stream from the memory map straight into the soup
         self.cache = DeviceStateCache(self.store.view(), self.device, cache_mb) if self.device == "cuda" else None
@@ -115,7 +116,8 @@ class Engine:
         weights = check_weighting(weights, pool, temperature)
         if pool == "centered" and self.background is None:
             raise RagsoupError(f"pooling 'centered' needs the model's background state: create it with "
-                               f"`ragsoup background {self.loaded.path}`, or use --pool mean")
+                               f"`ragsoup background {self.loaded.path}`, or centre on the index's with --background "
+                               f"corpus, or use --pool mean")
         notices = []
         if k > len(self.passages):
             notices.append(f"k={k} is more than the {len(self.passages)} passages in the index; using k={len(self.passages)}")
@@ -157,6 +159,21 @@ class Engine:
             ]
             out.append(AskResult(question, answer, k, pool, passages, dict(timings), list(notices), weights, hops))
         return out
+
+
+BACKGROUNDS = ("model", "corpus")
+
+
+def _pick_background(which: str, data_dir: Path, model_dir: Path, numel: int) -> tuple[torch.Tensor | None, str]:
+    """(row [D] or None, "model" | "corpus" | "none"): the background the centered soup reads, per ``which``."""
+    if which not in BACKGROUNDS:
+        raise RagsoupError(f"unknown background '{which}': use model or corpus")
+    folder = data_dir if which == "corpus" else model_dir
+    row = load_background(folder, numel)
+    if row is None and which == "corpus":
+        raise RagsoupError(f"index data {data_dir} has no corpus background (built before ragsoup stored one): "
+                           f"rebuild the index with `ragsoup index`, or use --background model")
+    return row, which if row is not None else "none"
 
 
 def ask_document(

@@ -1,10 +1,14 @@
-"""A model's background state: its mean final state over plain passages with no facts in them.
+"""A background state: the mean final state of a model over passages of one kind of text.
 
 The ``centered`` soup (ragsoup.soup) keeps the souped passages' deviations from this state at the size of one
-passage's, where a plain mean shrinks them by 1/k. It is a property of the model and of the kind of text it sees,
-computed once (``ragsoup background MODEL``) and stored beside the weights as ``background.safetensors``: one fp32
-row in the state store's layout, with the text it came from in the file's metadata. It is not part of the model's
-fingerprint: it does not change any passage's state.
+passage's, where a plain mean shrinks them by 1/k. It is a property of the model and of the kind of text it sees:
+    - the model's: computed once (``ragsoup background MODEL``, template filler by default) and stored beside the
+      weights as ``background.safetensors``;
+    - an index's (the corpus background): the mean of all its state rows, written by ``ragsoup index`` into its data
+      folder under the same file name, read by ``ask --pool centered --background corpus``. A background of the
+      corpus's kind of text matters at large k (docs/results.md, section 2).
+Either is one fp32 row in the state store's layout, with where it came from in the file's metadata. Neither is part
+of the model's fingerprint: it does not change any passage's state.
 """
 
 from __future__ import annotations
@@ -55,18 +59,31 @@ def compute_background(model: Mamba2LM, tok: Tokenizer, passages: Sequence[str],
     return acc.div_(len(passages)).cpu()
 
 
-def save_background(model_dir: str | Path, row: Tensor, meta: dict[str, str]) -> Path:
-    """Write ``row`` to MODEL_DIR/background.safetensors atomically; ``meta``: where it came from."""
+def rows_mean(rows: Tensor, chunk: int = 256) -> Tensor:
+    """The mean of state rows [n, D] (e.g. a store's memory map) as one fp32 row [D], read ``chunk`` rows at a time."""
+    if rows.shape[0] == 0:
+        raise RagsoupError("no state rows to average")
+    acc = torch.zeros(rows.shape[1], dtype=torch.float32)
+    for i in range(0, rows.shape[0], chunk):
+        acc.add_(rows[i : i + chunk].float().sum(0))
+    return acc.div_(rows.shape[0])
+
+
+_REMAKE = "recreate it: `ragsoup background MODEL` for a model's, `ragsoup index CORPUS` for an index's"
+
+
+def save_background(folder: str | Path, row: Tensor, meta: dict[str, str]) -> Path:
+    """Write ``row`` to FOLDER/background.safetensors atomically; ``meta``: where it came from."""
     from safetensors.torch import save
 
-    path = Path(model_dir) / BACKGROUND_FILE
+    path = Path(folder) / BACKGROUND_FILE
     atomic_write_bytes(path, save({"background": row.float().contiguous()}, metadata={k: str(v) for k, v in meta.items()}))
     return path
 
 
-def load_background(model_dir: str | Path, numel: int | None = None) -> Tensor | None:
-    """The model's background row [D] (fp32), or None when it has none; ``numel`` checks its length."""
-    path = Path(model_dir) / BACKGROUND_FILE
+def load_background(folder: str | Path, numel: int | None = None) -> Tensor | None:
+    """The background row [D] (fp32) stored in a model's or an index data folder, or None; ``numel`` checks its length."""
+    path = Path(folder) / BACKGROUND_FILE
     if not path.is_file():
         return None
     from safetensors.torch import load_file
@@ -74,10 +91,10 @@ def load_background(model_dir: str | Path, numel: int | None = None) -> Tensor |
     try:
         row = load_file(str(path))["background"]
     except Exception as exc:  # corrupt file, missing key
-        raise RagsoupError(f"cannot read {path}: {exc}; recreate it with `ragsoup background`") from exc
+        raise RagsoupError(f"cannot read {path}: {exc}; {_REMAKE}") from exc
     if numel is not None and row.numel() != numel:
         raise RagsoupError(f"{path} holds {row.numel()} values but the model's state has {numel}: it belongs to "
-                           f"another model; recreate it with `ragsoup background`")
+                           f"another model; {_REMAKE}")
     return row
 
 

@@ -182,19 +182,31 @@ def eval_examples(task: str, data: str | Path | None, k: int, limit: int | None,
     return [generate_example(task, rng, k, passage_chars=passage_chars, **kw) for _ in range(n)]
 
 
+def text_background(loaded, text: str, passage_chars: int, n: int = 512):
+    """The loaded model's background state over n passages of ``text`` (template or a prose file), batch 1."""
+    from ragsoup.background import background_passages, compute_background
+    from ragsoup.store import unflatten_states
+
+    row = compute_background(loaded.model, loaded.tokenizer, background_passages(text, n, 0, passage_chars))
+    return unflatten_states(row[None].to(loaded.model.device), loaded.model.cfg)
+
+
 def run_eval(task: str, data: str | Path | None = None, k: int = 5, mode: str = "soup", pool: str = "mean",
              limit: int | None = None, model: str | Path | None = None, seed: int = 0, device: str = "auto",
              batch_size: int = 8, max_new_tokens: int = 32, max_tokens: int = 1024,
              on_start: Callable[[int], None] | None = None,
              on_batch: Callable[[int], None] | None = None, filler: str | Path | None = None,
              encoder: str | Path | None = None, split: str = "all", passage_chars: int | None = None,
-             weights: str = "uniform", temperature: float | None = None) -> EvalResult:
+             weights: str = "uniform", temperature: float | None = None,
+             background_text: str | None = None) -> EvalResult:
     """Predict and score `task` examples (gold + distractor passages given, no retrieval); EM/F1 in percent.
 
     ``encoder``: a checkpoint that encodes the passages instead of ``model`` (decoder-only finetuned models).
     ``passage_chars``: generated tasks' passage length (default: the length the model was trained on).
     ``weights="retrieval"``: weigh each example's passages by the embedder's scores for its question, as ``ask``
     does with the retrieved ones (softmax / temperature); the embedder then does part of the reading.
+    ``background_text``: centered only: centre on the mean state of 512 passages of this text ("template" or a prose
+    file) instead of the model's background file, like an index's corpus background.
     """
     from ragsoup.background import model_background
     from ragsoup.checkpoint import load_model
@@ -209,6 +221,8 @@ def run_eval(task: str, data: str | Path | None = None, k: int = 5, mode: str = 
     check_weighting(weights, pool, temperature)
     if weights == "retrieval" and mode != "soup":
         raise RagsoupError("--weights retrieval weighs a soup's passages: use it with --mode soup")
+    if background_text and pool != "centered":
+        raise RagsoupError("--background-text is what --pool centered centres on: use it with --pool centered")
     _check_positive("--batch-size", batch_size)
     if task not in EVAL_TASKS:  # before loading anything
         raise RagsoupError(f"unknown task '{task}': use one of {', '.join(EVAL_TASKS)}")
@@ -227,7 +241,10 @@ def run_eval(task: str, data: str | Path | None = None, k: int = 5, mode: str = 
         enc = states_from.model
     if on_start:
         on_start(len(examples))
-    background = model_background(states_from) if pool == "centered" else None  # the encoder's states' background
+    background = None
+    if pool == "centered":  # the encoder's states' background
+        background = (text_background(states_from, background_text, passage_chars) if background_text
+                      else model_background(states_from))
     w = example_weights(examples, temperature, pick_device(device)) if weights == "retrieval" else None
     preds = predict(loaded.model, loaded.tokenizer, examples, mode=mode, pool=pool, batch_size=batch_size,
                     max_new_tokens=max_new_tokens, max_tokens=max_tokens, on_batch=on_batch, encoder=enc,
@@ -359,6 +376,7 @@ class BenchConfig:
     k_max: int = 256
     modes: tuple[str, ...] = ("soup", "concat")
     pool: str = "mean"
+    background: str = "model"  # what --pool centered centres on: model (its background file) or corpus (the index's)
     # soup: "retrieval" (softmax of the retrieval scores / temperature), "uniform", or both ("uniform,retrieval":
     # one soup row per weighting and k); None: both where the pooling takes weights (mean, centered), else uniform
     weights: str | None = None
@@ -425,6 +443,7 @@ class BenchResult:
     index_seconds: float  # 0 when the cached index was reused
     rows: list[BenchRow] = field(default_factory=list)
     temperature: float | None = None  # the relevance weights' softmax temperature (soup rows with retrieval weights)
+    background: str | None = None  # --pool centered: the background the soups were centred on (corpus or model)
 
     def to_json(self) -> dict:
         """The `bench --json` object (and results.json)."""
@@ -646,7 +665,8 @@ def run_bench(cfg: BenchConfig, progress: Progress | None = None) -> BenchResult
 
     from ragsoup.ask import Engine
 
-    engine = Engine(index_dir, model=str(model_info(cfg.model)[0]), device=device, cache_mb=cfg.cache_mb)
+    engine = Engine(index_dir, model=str(model_info(cfg.model)[0]), device=device, cache_mb=cfg.cache_mb,
+                    background=cfg.background)
     if progress:
         progress("bandwidth", 0, 1)
     bandwidth = measure_bandwidth(cfg.bandwidth_bytes)
@@ -664,7 +684,8 @@ def run_bench(cfg: BenchConfig, progress: Progress | None = None) -> BenchResult
                          resolve_passage_chars(cfg.passage_chars, lambda: engine.loaded.meta),
                          index_dir=str(index_dir),
                          index_seconds=round(index_seconds, 2),
-                         temperature=temperature)
+                         temperature=temperature,
+                         background=engine.background_source if cfg.pool == "centered" else None)
     runs = [(m, w) for m in cfg.modes for w in (weightings if m == "soup" else ["uniform"])]
     for mode, weights in runs:
         for k in ks:

@@ -120,8 +120,10 @@ def ask(
     chunk_chars: int = typer.Option(200, help="With --doc: segment length in characters."),
     index_dir: Optional[Path] = typer.Option(None, "--index", help="Index directory (default: indexes/demo)."),
     k: int = typer.Option(5, "--k", help="Passages to retrieve and soup."),
-    pool: str = typer.Option("mean", help="mean, sum, max, sum-norm, norm-mean or centered (needs the model's "
-                             "background state: ragsoup background)."),
+    pool: str = typer.Option("mean", help="mean, sum, max, sum-norm, norm-mean or centered (around a background "
+                             "state: see --background)."),
+    background: str = typer.Option("model", help="What --pool centered centres on: model (its background state, "
+                                   "ragsoup background) or corpus (the index's mean state). --doc: the model's."),
     weights: Optional[str] = typer.Option(None, help="retrieval: weigh each passage by softmax(score / temperature) of its retrieval score; uniform: the plain equal-weight soup (the paper's). Default: retrieval with mean/centered pooling, else uniform."),
     temperature: Optional[float] = typer.Option(None, help="Softmax temperature of the retrieval weights (default 0.05; larger: closer to equal weights)."),
     hops: int = typer.Option(1, "--hops", help="2: a second search with the top passage's sentence closest to the question, for facts the question does not name (two-hop questions); its passages take half of the k slots."),
@@ -159,7 +161,7 @@ def ask(
                            device=device, **how)
         _render_answer(res, json_out, title=f"{res.k} segments of {doc}, {_souped(res.pool, weights, temperature)}")
         return
-    engine = Engine(index_dir, model=model, device=device, cache_mb=cache_mb)
+    engine = Engine(index_dir, model=model, device=device, cache_mb=cache_mb, background=background)
     if questions is not None:
         _ask_file(engine, questions, k, {**how, "hops": hops}, max_new_tokens, json_out, batch_size)
         return
@@ -485,7 +487,7 @@ def eval_cmd(
     k: int = typer.Option(5, "--k", help="Passages per question (gold + distractors)."),
     mode: str = typer.Option("soup", help="soup or concat (the baseline)."),
     pool: str = typer.Option("mean", help="mean, sum, max, sum-norm, norm-mean or centered (needs the model's "
-                             "background state: ragsoup background)."),
+                             "background state, ragsoup background, or --background-text)."),
     weights: str = typer.Option("uniform", help="Soup weights: uniform (the reader alone) or retrieval (each passage weighed by softmax(score / temperature) of the embedder's score, as ask does)."),
     temperature: Optional[float] = typer.Option(None, help="Softmax temperature of the retrieval weights (default 0.05; larger: closer to equal weights)."),
     limit: Optional[int] = typer.Option(None, "--limit", help="Questions to score (generated tasks: default 200; files: all)."),
@@ -496,6 +498,7 @@ def eval_cmd(
     device: str = typer.Option("auto", help="auto, cpu or cuda."),
     threads: Optional[int] = typer.Option(None, help="torch CPU threads (default: torch's choice)."),
     filler: Optional[Path] = typer.Option(None, help="Generated tasks: haystack from this prose (.txt or Gutenberg .jsonl.gz) instead of template filler."),
+    background_text: Optional[str] = typer.Option(None, help="--pool centered: centre on the mean state of 512 passages of this text (template, or a .txt / Gutenberg .jsonl.gz file) instead of the model's background file."),
     split: str = typer.Option("all", help="SQuAD: all questions of --data, or the train / val side of ragsoup's by-article split."),
     encoder: Optional[str] = typer.Option(None, help="A separate checkpoint that encodes the passages (decoder-only finetuned models: their OUT/encoder)."),
     passage_chars: Optional[int] = typer.Option(None, "--passage-chars", help="Generated tasks: characters per passage (default: the length the model was trained on)."),
@@ -522,7 +525,7 @@ def eval_cmd(
         res = run_eval(task, data, k=k, mode=mode, pool=pool, limit=limit, model=model, seed=seed, device=device,
                        batch_size=batch_size, max_new_tokens=max_new_tokens, on_start=on_start, on_batch=on_batch,
                        filler=filler, encoder=encoder, split=split, passage_chars=passage_chars,
-                       weights=weights, temperature=temperature)
+                       weights=weights, temperature=temperature, background_text=background_text)
     if json_out:
         _print_json(res.to_json())
         return
@@ -543,8 +546,10 @@ def bench(
     split: str = typer.Option("val", help="squad: ragsoup's by-article split side: val (held-out articles), train or all."),
     k: Optional[int] = typer.Option(None, "--k", help="Largest k; the sweep is 1, 2, 4, ... up to it (default 256; --quick 16)."),
     modes: str = typer.Option("soup,concat", "--modes", help="Comma-separated: soup, concat."),
-    pool: str = typer.Option("mean", help="mean, sum, max, sum-norm, norm-mean or centered (needs the model's "
-                             "background state: ragsoup background)."),
+    pool: str = typer.Option("mean", help="mean, sum, max, sum-norm, norm-mean or centered (around a background "
+                             "state: see --background)."),
+    background: str = typer.Option("model", help="What --pool centered centres on: model (its background state, "
+                                   "ragsoup background) or corpus (the index's mean state)."),
     weights: Optional[str] = typer.Option(None, help="Soup weights: retrieval (softmax(score / temperature) of each passage's retrieval score), uniform (the plain soup), or uniform,retrieval (both, one row each). Default: both with mean/centered pooling, else uniform."),
     temperature: Optional[float] = typer.Option(None, help="Softmax temperature of the retrieval weights (default 0.05; larger: closer to equal weights)."),
     queries: Optional[int] = typer.Option(None, "--queries", help="Queries per soup row (default 100; --quick 16)."),
@@ -570,7 +575,7 @@ def bench(
 
     set_threads(threads)
     mode_list = tuple(m.strip() for m in modes.split(",") if m.strip())
-    given = dict(task=task, k_max=k, modes=mode_list, pool=pool, weights=weights, temperature=temperature, queries=queries, passages=passages,
+    given = dict(task=task, k_max=k, modes=mode_list, pool=pool, background=background, weights=weights, temperature=temperature, queries=queries, passages=passages,
                  concat_max_k=concat_max_k, concat_queries=concat_queries, model=model, seed=seed, device=device,
                  max_new_tokens=max_new_tokens, cache_dir=str(cache_dir) if cache_dir else None, query_batch=query_batch,
                  embedder=embedder, passage_chars=passage_chars, data=str(data) if data else None, split=split)

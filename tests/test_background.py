@@ -79,8 +79,7 @@ def test_background_file_round_trip_leaves_the_model_and_its_fingerprint_alone(t
         load_background(model_dir)
 
 
-def test_centered_pool_through_the_cli_needs_then_uses_the_background(tiny_model, tmp_path):
-    model_dir = shutil.copytree(tiny_model, tmp_path / "m")
+def _index(tmp_path, model_dir):
     corpus = tmp_path / "corpus"
     corpus.mkdir()
     for i, t in enumerate(TEXTS):
@@ -88,12 +87,24 @@ def test_centered_pool_through_the_cli_needs_then_uses_the_background(tiny_model
     idx = tmp_path / "idx"
     r = run("index", corpus, "--out", idx, "--model", model_dir, "--device", "cpu", "--json")
     assert r.exit_code == 0, r.output
+    return idx
+
+
+def test_centered_pool_through_the_cli_needs_then_uses_the_model_background(tiny_model, tmp_path):
+    model_dir = shutil.copytree(tiny_model, tmp_path / "m")
+    idx = _index(tmp_path, model_dir)
     ask = ("ask", "Where were the boats?", "--index", idx, "--k", "3", "--device", "cpu", "--max-new-tokens", "3",
            "--pool", "centered", "--json")
-    assert flat(f"ragsoup background {model_dir}") in flat(one_error_line(run(*ask)))  # names the model to run it on
+    line = flat(one_error_line(run(*ask)))
+    assert flat(f"ragsoup background {model_dir}") in line and "--backgroundcorpus" in line  # names both fixes
     ev = ("eval", "--task", "needle", "--k", "3", "--limit", "2", "--pool", "centered", "--model", model_dir,
           "--max-new-tokens", "3", "--json")
     assert "ragsoup background" in one_error_line(run(*ev))
+    r = run(*ev, "--background-text", "template")  # a background computed on the spot instead of the model's file
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["n"] == 2 and not (model_dir / BACKGROUND_FILE).exists()
+    mean = [("mean" if a == "centered" else a) for a in ev]
+    assert "--pool centered" in one_error_line(run(*mean, "--background-text", "template"))
 
     r = run("background", model_dir, "--passages", "6", "--passage-chars", "60", "--json")
     assert r.exit_code == 0, r.output
@@ -107,6 +118,44 @@ def test_centered_pool_through_the_cli_needs_then_uses_the_background(tiny_model
     r = run(*ev)
     assert r.exit_code == 0, r.output
     assert json.loads(r.stdout)["n"] == 2
+
+
+def test_an_index_stores_its_corpus_background_and_centered_asks_read_it(tiny_model, tmp_path):
+    from ragsoup.ask import Engine
+    from ragsoup.indexdir import read_manifest
+    from ragsoup.store import StateStore
+
+    model_dir = shutil.copytree(tiny_model, tmp_path / "m")
+    idx = _index(tmp_path, model_dir)
+    m = read_manifest(idx)
+    rows = StateStore(idx / m.data_dir / "states.npy", m.state_numel, m.state_dtype).view()
+    corpus_row = load_background(idx / m.data_dir, m.state_numel)
+    assert rows.shape[0] == len(TEXTS)
+    torch.testing.assert_close(corpus_row, rows.float().mean(0))  # the mean of the stored (fp16) rows
+
+    assert Engine(idx, device="cpu").background_source == "none"  # the default, the model's: it has none yet
+    save_background(model_dir, torch.zeros(m.state_numel), {"text": "template"})
+    corpus, model = Engine(idx, device="cpu", background="corpus"), Engine(idx, device="cpu")
+    assert corpus.background_source == "corpus" and model.background_source == "model"
+    torch.testing.assert_close(corpus.background, corpus_row)
+    assert model.background.abs().sum() == 0
+    # the soup of every passage around the corpus background is that background, whatever k
+    from ragsoup.soup import soup_rows
+    from ragsoup.store import segments
+
+    all_rows = list(range(len(TEXTS)))
+    souped = soup_rows(rows, "centered", segments(corpus.loaded.model.cfg), index=all_rows,
+                       background=corpus.background)
+    torch.testing.assert_close(souped, corpus_row, rtol=1e-4, atol=1e-4)
+    r = run("ask", "Where were the boats?", "--index", idx, "--k", "2", "--device", "cpu", "--max-new-tokens", "3",
+            "--pool", "centered", "--background", "corpus", "--json")
+    assert r.exit_code == 0, r.output
+
+    (idx / m.data_dir / BACKGROUND_FILE).unlink()  # an index built before corpus backgrounds
+    with pytest.raises(RagsoupError, match="rebuild the index"):
+        Engine(idx, device="cpu", background="corpus")
+    with pytest.raises(RagsoupError, match="model or corpus"):
+        Engine(idx, device="cpu", background="index")
 
 
 def test_background_cli_errors_are_one_line(tmp_path):

@@ -202,7 +202,7 @@ def test_index_json_report(built):
     assert m.n_passages == N_DOCS and m.model_fingerprint == fingerprint(built["model"])
     assert sorted(p.name for p in out.iterdir()) == sorted(["manifest.json", m.data_dir])
     assert sorted(p.name for p in (out / m.data_dir).iterdir()) == [
-        "embeddings.npy", "faiss.index", "passages.jsonl", "states.npy"]  # no temp files left behind
+        "background.safetensors", "embeddings.npy", "faiss.index", "passages.jsonl", "states.npy"]  # no temp files
     assert set(passages_by_source(out)) == set(DOCS)
 
 
