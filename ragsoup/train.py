@@ -132,12 +132,14 @@ PRESETS: dict[str, dict] = {
         eval_every=1000, eval_ks="5", eval_n=32, save_every=500, ckpt_group=0, seed=7,
     ),
     # stage 6 of the shipped default model: large k again (the filler bank up to 512) after stage 5's small k, two-hop
-    # kept at 3 in 8; the shipped model stopped at step 558 of this 600-step schedule (--until 558)
+    # kept at 3 in 8; half of the bank is Gutenberg prose (books-00; evaluations read books-03); the shipped model
+    # stopped at step 558 of this 600-step schedule (--until 558)
     "default-final": dict(
         out="runs/default-final", init="runs/default-twohop/last", tasks="needle:4,needle-distractor:1,two-hop:3",
         k_min=1, k_max=512, k_ramp_steps=50, steps=600, batch_size=8, lr=3e-4, warmup_steps=20, passage_chars=200,
         eval_every=300, eval_ks="5,64", eval_n=32, save_every=100, ckpt_group=0, extra_questions=3, bank_size=512,
-        bank_refresh=20, fresh_max=8, seed=9,
+        bank_refresh=20, fresh_max=8, seed=9, bank_prose="../shared/data/gutenberg/books-00.jsonl.gz",
+        bank_prose_frac=0.5,
     ),
     # stage 2 of wiki-small: soup finetuning on SQuAD training articles (gold paragraph, or its segments, plus
     # distractors from the same and other articles), k growing 1 -> 16; held-out EM on the held-out articles
