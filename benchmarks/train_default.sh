@@ -14,7 +14,8 @@ ragsoup train --preset default-keys --threads "$threads"
 ragsoup train --preset default-needle --threads "$threads"
 # stage 5: chaining two facts (two-hop 4 : needle 1 : distractor 1), k 2-8; ~77 min with one thread
 ragsoup train --preset default-twohop --threads "$threads"
-# stage 6: large k again through the filler bank, two-hop kept in the mix; the shipped model stopped at step 558
+# stage 6: large k again through the filler bank (half of it Gutenberg prose: ../shared/data/gutenberg/books-00),
+# two-hop kept in the mix; the shipped model stopped at step 558
 ragsoup train --preset default-final --until 558 --threads "$threads"
 python - <<'PY'
 import shutil
