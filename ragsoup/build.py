@@ -126,9 +126,11 @@ def build_index(
         if N:
             save_index(build_faiss(embeddings, factory), data / "faiss.index")
         writer.commit()
-        if N:  # the corpus background, for --pool centered (ragsoup.background)
+        if N:  # the corpus background, for --pool centered (ragsoup.background): one more read of the store
+            tb = time.perf_counter()
             rows = StateStore(data / "states.npy", D, state_dtype).view()
             save_background(data, rows_mean(rows), {"text": "corpus", "passages": N, "corpus": str(corpus)})
+            seconds["background"] = time.perf_counter() - tb
     except BaseException:
         # everything written so far (the store's temp file included) lives in the uncommitted folder
         shutil.rmtree(data, ignore_errors=True)
