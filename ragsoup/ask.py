@@ -33,6 +33,7 @@ class AskResult:
     notices: list[str] = field(default_factory=list)
     weights: str = "uniform"
     hops: int = 1
+    background: str | None = None  # --pool centered: what the soup was centred on (model or corpus)
 
     def to_json(self) -> dict:
         """The `ask --json` object."""
@@ -40,6 +41,8 @@ class AskResult:
         d["passages"] = [{"id": p["id"], "score": p["score"], "weight": p["weight"], "hop": p["hop"], "text": p["text"]}
                          for p in self.passages]
         d.pop("notices")
+        if d["background"] is None:  # only a centered soup has one
+            d.pop("background")
         return d
 
 
@@ -157,7 +160,8 @@ class Engine:
                  "text": self.passages[r].text, "title": self.passages[r].title, "source": self.passages[r].source}
                 for r, sc, wt, h in zip(r_row, s_row, ws, hop[i].tolist())
             ]
-            out.append(AskResult(question, answer, k, pool, passages, dict(timings), list(notices), weights, hops))
+            out.append(AskResult(question, answer, k, pool, passages, dict(timings), list(notices), weights, hops,
+                                 self.background_source if pool == "centered" else None))
         return out
 
 
@@ -219,4 +223,5 @@ def ask_document(
                 for i, (s, sc, wt) in enumerate(zip(segments, scores, _shown_weights(w, len(segments))))]
     timings = {"retrieve": 0.0, "soup": round((t1 - t0) * 1000, 3), "decode": round((t2 - t1) * 1000, 3),
                "total": round((t2 - t0) * 1000, 3)}
-    return AskResult(question, answer, len(segments), pool, passages, timings, weights=weights)
+    return AskResult(question, answer, len(segments), pool, passages, timings, weights=weights,
+                     background="model" if pool == "centered" else None)

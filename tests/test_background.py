@@ -114,7 +114,7 @@ def test_centered_pool_through_the_cli_needs_then_uses_the_model_background(tiny
     r = run(*ask)
     assert r.exit_code == 0, r.output
     obj = json.loads(r.stdout)
-    assert obj["pool"] == "centered" and obj["k"] == 3 and len(obj["passages"]) == 3
+    assert obj["pool"] == "centered" and obj["k"] == 3 and len(obj["passages"]) == 3 and obj["background"] == "model"
     r = run(*ev)
     assert r.exit_code == 0, r.output
     assert json.loads(r.stdout)["n"] == 2
@@ -150,6 +150,7 @@ def test_an_index_stores_its_corpus_background_and_centered_asks_read_it(tiny_mo
     r = run("ask", "Where were the boats?", "--index", idx, "--k", "2", "--device", "cpu", "--max-new-tokens", "3",
             "--pool", "centered", "--background", "corpus", "--json")
     assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["background"] == "corpus"
 
     (idx / m.data_dir / BACKGROUND_FILE).unlink()  # an index built before corpus backgrounds
     with pytest.raises(RagsoupError, match="rebuild the index"):
