@@ -98,10 +98,21 @@ def load_background(folder: str | Path, numel: int | None = None) -> Tensor | No
     return row
 
 
+def _as_states(row: Tensor, model: Mamba2LM) -> States:
+    """A background row [D] as per-layer states (batch 1, on the model's device)."""
+    return unflatten_states(row[None].to(model.device), model.cfg)
+
+
 def model_background(loaded: Loaded) -> States | None:
     """The loaded model's background as per-layer states (batch 1, on the model's device), or None."""
     if is_kv_model(loaded.model):  # the KV-cache baseline has no background state
         return None
-    cfg = loaded.model.cfg
-    row = load_background(loaded.path, cfg.state_numel())
-    return None if row is None else unflatten_states(row[None].to(loaded.model.device), cfg)
+    row = load_background(loaded.path, loaded.model.cfg.state_numel())
+    return None if row is None else _as_states(row, loaded.model)
+
+
+def text_background(loaded: Loaded, text: str, chars: int = 200, n: int = 512) -> States:
+    """The loaded model's background over n passages of ``text`` (template or a prose file), computed on the spot
+    as ``ragsoup background --text`` would store it, as per-layer states (batch 1)."""
+    row = compute_background(loaded.model, loaded.tokenizer, background_passages(text, n, 0, chars))
+    return _as_states(row, loaded.model)

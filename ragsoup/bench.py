@@ -182,15 +182,6 @@ def eval_examples(task: str, data: str | Path | None, k: int, limit: int | None,
     return [generate_example(task, rng, k, passage_chars=passage_chars, **kw) for _ in range(n)]
 
 
-def text_background(loaded, text: str, passage_chars: int, n: int = 512):
-    """The loaded model's background state over n passages of ``text`` (template or a prose file), batch 1."""
-    from ragsoup.background import background_passages, compute_background
-    from ragsoup.store import unflatten_states
-
-    row = compute_background(loaded.model, loaded.tokenizer, background_passages(text, n, 0, passage_chars))
-    return unflatten_states(row[None].to(loaded.model.device), loaded.model.cfg)
-
-
 def run_eval(task: str, data: str | Path | None = None, k: int = 5, mode: str = "soup", pool: str = "mean",
              limit: int | None = None, model: str | Path | None = None, seed: int = 0, device: str = "auto",
              batch_size: int = 8, max_new_tokens: int = 32, max_tokens: int = 1024,
@@ -208,7 +199,7 @@ def run_eval(task: str, data: str | Path | None = None, k: int = 5, mode: str = 
     ``background_text``: centered only: centre on the mean state of 512 passages of this text ("template" or a prose
     file) instead of the model's background file, like an index's corpus background.
     """
-    from ragsoup.background import model_background
+    from ragsoup.background import model_background, text_background
     from ragsoup.checkpoint import load_model
     from ragsoup.device import pick_device
     from ragsoup.evaluate import predict, score

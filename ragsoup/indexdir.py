@@ -6,7 +6,7 @@
     DIR/data-<id>/faiss.index    inner-product index over the embeddings
     DIR/data-<id>/states.npy     [N, D] state rows (see store.py)
     DIR/data-<id>/background.safetensors  the corpus background: the mean of the state rows, fp32 [D]
-                                 (ragsoup.background; what --pool centered centres on by default)
+                                 (ragsoup.background; what --pool centered --background corpus centres on)
 
 A build writes a fresh data folder, then replaces manifest.json atomically (the commit point), then
 deletes the old folder: an interrupted build leaves the previous index loadable.
