@@ -18,9 +18,13 @@ def _cast(states: States, dtype: torch.dtype) -> States:
 
 @torch.inference_mode()
 def generate(
-    model: Mamba2LM, tok: Tokenizer, states: States, questions: Sequence[str], max_new_tokens: int = 32
+    model: Mamba2LM, tok: Tokenizer, states: States, questions: Sequence[str], max_new_tokens: int = 32,
+    min_new_tokens: int = 1,
 ) -> list[str]:
-    """Greedy answers: run `<q> question <a>` from ``states`` (batch = len(questions)), then step to <eos>."""
+    """Greedy answers: run `<q> question <a>` from ``states`` (batch = len(questions)), then step to <eos>.
+
+    ``min_new_tokens``: <eos> is not chosen before this many tokens (default 1: an answer is never empty).
+    """
     dtype = model.backbone.embedding.weight.dtype
     states = _cast(states, dtype)
     ids, lengths = pad_batch([prompt_ids(tok, q) for q in questions], tok.pad_id, model.device)
@@ -29,7 +33,10 @@ def generate(
     logits = model.lm_head(last)
     out: list[list[int]] = [[] for _ in questions]
     done = torch.zeros(len(questions), dtype=torch.bool, device=h.device)
-    for _ in range(max_new_tokens):
+    for t in range(max_new_tokens):
+        if t < min_new_tokens:
+            logits = logits.clone()
+            logits[:, tok.eos_id] = float("-inf")
         nxt = logits.argmax(-1)
         done |= nxt == tok.eos_id
         for i in torch.nonzero(~done).flatten().tolist():

@@ -264,6 +264,34 @@ def test_generate_greedy_matches_argmax_of_forward():
     assert out == tok.decode(gen[:cut]).strip()
 
 
+class _PreferEos(torch.nn.Module):
+    """An lm_head whose logits put <eos> far ahead of every other token (and keep the rest in their order)."""
+
+    def __init__(self, head: torch.nn.Module, eos_id: int) -> None:
+        super().__init__()
+        self.head, self.eos_id = head, eos_id
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        logits = self.head(h).clone()
+        logits[..., self.eos_id] += 1e4
+        return logits
+
+
+def test_generate_never_returns_an_empty_answer_unless_asked():
+    m, tok = _model(), ByteTokenizer()
+    m.lm_head = _PreferEos(m.lm_head, tok.eos_id)  # a model that would always stop at once
+    ex = _examples(1)[0]
+    st = soup_state(m, tok, ex.docs)
+    assert generate(m, tok, st, [ex.question], max_new_tokens=6, min_new_tokens=0) == [""]
+    ids = prompt_ids(tok, ex.question)
+    with torch.no_grad():
+        for _ in range(3):  # the greedy path once <eos> is ruled out: the best token after it, three times
+            logits, _ = m(torch.tensor([ids]), st)
+            ids.append(int(logits[0, -1].topk(2).indices[1]))
+    assert generate(m, tok, st, [ex.question], max_new_tokens=6) == [tok.decode(ids[-3:-2]).strip()]  # default 1
+    assert generate(m, tok, st, [ex.question], max_new_tokens=6, min_new_tokens=3) == [tok.decode(ids[-3:]).strip()]
+
+
 def test_soup_state_is_the_mean_of_single_passage_states():
     m, tok = _model(), ByteTokenizer()
     docs = _examples(1, k=3)[0].docs
