@@ -249,6 +249,45 @@ def bridge_queries(embedder: Any, questions: Sequence[str], q_emb: np.ndarray, t
     return out
 
 
+# capitalised words that start sentences without naming anything
+_FUNCTION_WORDS = frozenset(
+    "a an and as at but by for from he her his i in it its of on or she so that the their then there these they this "
+    "those to we when where which while who with".split()
+)
+
+
+def bridge_names(bridge: str) -> frozenset[str]:
+    """The bridge query's name-like words, lower-cased: capitalised or holding a digit, not a function word."""
+    return frozenset(w.lower() for w in _WORD.findall(bridge)
+                     if (w[0].isupper() or any(c.isdigit() for c in w)) and w.lower() not in _FUNCTION_WORDS)
+
+
+def names_any(text: str, names: frozenset[str]) -> bool:
+    """Whether ``text`` holds one of ``names`` as a whole word (case-insensitive)."""
+    return bool(names) and not names.isdisjoint(w.lower() for w in _WORD.findall(text))
+
+
+def bridge_first(result: tuple[np.ndarray, np.ndarray], named: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """A second hop's (scores, rows) with, per query, the passages that name the bridge (``named``) moved first,
+    each group keeping its order."""
+    scores, rows = result
+    order = np.argsort(~np.asarray(named, bool), axis=1, kind="stable")
+    return np.take_along_axis(scores, order, 1), np.take_along_axis(rows, order, 1)
+
+
+def hop_weight_scores(scores: np.ndarray, hop: np.ndarray, named: np.ndarray) -> np.ndarray:
+    """Scores for the soup's retrieval weights: a second-hop passage that names its bridge scores as high as the
+    first hop's best, so the two facts of a chain weigh alike; every other passage keeps its own score.
+
+    A second hop's scores answer another query (the bridge) and are lower by a margin that says nothing about
+    relevance (a bare name against a passage): weighed as they are, softmax gives the second fact ~1% of the soup.
+    """
+    out = np.array(scores, np.float32, copy=True)
+    lift = np.asarray(named, bool) & (np.asarray(hop) == 2)
+    first_best = np.where(np.asarray(hop) == 1, out, -np.inf).max(1, keepdims=True)
+    return np.where(lift, np.maximum(out, first_best), out).astype(np.float32)
+
+
 def merge_hops(first: tuple[np.ndarray, np.ndarray], second: tuple[np.ndarray, np.ndarray],
                k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """k results per query: the first hop's top ceil(k/2), then the second hop's best not already in, then the

@@ -302,6 +302,30 @@ def test_ask_in_two_hops(built):
     assert_error(run("ask", q, "--index", built["out"], *ASK, "--hops", "2", "--k", "1"), "--k 2 or more")
 
 
+CHAIN = {
+    "orla.txt": "The harvest fair drew crowds every autumn. Orla Venn was born in Tessary. The bakers sold apple pies.",
+    "tessary.txt": "Old maps were drawn by monks in the hills. Tessary is the capital of Moldavia Nova.",
+    "census.txt": "People from many countries were born in the valley towns, said the old census.",
+    "passport.txt": "Which country a person is born in decides their first passport, the clerk explained.",
+    "kelby.txt": "Kelby is the capital of Rostania. Its harbour is deep.",
+    "brenna.txt": "Brenna Holt was born in Kelby and later moved away.",
+}
+
+
+def test_the_second_hop_weighs_the_fact_naming_the_bridge_as_much_as_the_first(model_a, tmp_path):
+    out = tmp_path / "index"
+    index_json(_write_corpus(tmp_path / "corpus", CHAIN), out, model_a)
+    q = "In which country was Orla Venn born?"
+    got = ask_json(out, q, "--k", "3", "--hops", "2")
+    by_text = {p["text"].split(".")[1].strip(): p for p in got["passages"]}
+    person, capital = by_text["Orla Venn was born in Tessary"], by_text["Tessary is the capital of Moldavia Nova"]
+    assert person["hop"] == 1 and capital["hop"] == 2 and capital["score"] < person["score"]
+    assert capital["weight"] == person["weight"] and person["weight"] + capital["weight"] > 0.95
+    engine = Engine(out, device="cpu")
+    scores, _, hop, w_scores = engine.retrieve([q], 3, hops=1)
+    assert hop.tolist() == [[1, 1, 1]] and np.array_equal(w_scores, scores)  # one hop: the weights' scores are its own
+
+
 def test_retrieval_weights_need_a_pooling_that_takes_them(built):
     assert_error(run("ask", "tea", "--index", built["out"], *ASK, "--pool", "max", "--weights", "retrieval"),
                  "--weights uniform")

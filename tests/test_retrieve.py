@@ -14,11 +14,15 @@ from ragsoup.retrieve import (
     DEFAULT_EMBEDDER,
     Embedder,
     RetrieveError,
+    bridge_first,
+    bridge_names,
     bridge_queries,
     build_index,
     get_embedder,
+    hop_weight_scores,
     load_index,
     merge_hops,
+    names_any,
     novel_words,
     save_index,
     search,
@@ -236,6 +240,56 @@ def test_the_second_hop_finds_the_fact_the_question_does_not_name(embedder: Embe
     second = search(index, embedder.encode(bridges), 3)
     _, rows, hop = merge_hops(first, second, 3)
     assert rows[0, 0] == 0 and 1 in rows[0] and hop[0, list(rows[0]).index(1)] == 2
+
+
+def test_bridge_names_are_its_capitalised_or_numeric_words_and_match_whole_words() -> None:
+    assert bridge_names("Tessary") == {"tessary"}
+    assert bridge_names("works Kelby 1887 The") == {"kelby", "1887"}  # "works": not a name; "The": a function word
+    assert bridge_names("Its") == frozenset()
+    assert names_any("Kelby is the capital of Rostania.", frozenset({"kelby"}))
+    assert names_any("KELBY is the capital.", frozenset({"kelby"}))
+    assert not names_any("Kelbyton is the capital.", frozenset({"kelby"}))  # whole words only
+    assert not names_any("Kelby is the capital.", frozenset())
+
+
+def test_bridge_first_moves_the_passages_naming_the_bridge_ahead_in_order() -> None:
+    scores = np.array([[0.9, 0.8, 0.7, 0.6], [0.5, 0.4, 0.3, 0.2]], np.float32)
+    rows = np.array([[1, 2, 3, 4], [5, 6, 7, 8]])
+    named = np.array([[False, True, False, True], [False, False, False, False]])
+    s, r = bridge_first((scores, rows), named)
+    assert r.tolist() == [[2, 4, 1, 3], [5, 6, 7, 8]]
+    np.testing.assert_allclose(s, [[0.8, 0.6, 0.9, 0.7], [0.5, 0.4, 0.3, 0.2]])  # scores travel with their rows
+
+
+def test_a_second_hop_passage_naming_its_bridge_weighs_as_the_first_hops_best() -> None:
+    from ragsoup.soup import relevance_weights
+
+    scores = np.array([[0.70, 0.28, 0.49, 0.44], [0.70, 0.28, 0.49, 0.44]], np.float32)
+    hop = np.array([[1, 1, 2, 2], [1, 1, 2, 2]])
+    named = np.array([[False, True, False, True], [False, False, False, False]])
+    got = hop_weight_scores(scores, hop, named)
+    np.testing.assert_allclose(got, [[0.70, 0.28, 0.49, 0.70], [0.70, 0.28, 0.49, 0.44]])  # hop 1 never lifted
+    w_raw, w = relevance_weights(scores[:1]), relevance_weights(got[:1])
+    assert float(w_raw[0, 3]) < 0.02  # as scored against the bridge, the second fact all but drops out of the soup
+    assert abs(float(w[0, 3]) - float(w[0, 0])) < 1e-6 and float(w[0, 0] + w[0, 3]) > 0.95  # now the two share it
+
+
+def test_the_second_hop_lifts_the_fact_that_names_the_bridge(embedder: Embedder) -> None:
+    index = build_index(embedder.encode(TWO_HOP))
+    q_text = ["In which country was Orla Venn born?"]
+    q = embedder.encode(q_text)
+    first = search(index, q, 3)
+    bridges = bridge_queries(embedder, q_text, q, [TWO_HOP[first[1][0, 0]]])
+    names = bridge_names(bridges[0])
+    second = search(index, embedder.encode(bridges), len(TWO_HOP))
+    named = np.array([[names_any(TWO_HOP[r], names) for r in second[1][0]]])
+    s2, r2 = bridge_first(second, named)
+    assert r2[0, 0] in (0, 1) and r2[0, 1] in (0, 1)  # the two passages naming Tessary lead the second hop
+    scores, rows, hop = merge_hops(first, (s2, r2), 3)
+    named_rows = np.array([[names_any(TWO_HOP[r], names) for r in rows[0]]])
+    w = hop_weight_scores(scores, hop, named_rows)
+    at = list(rows[0]).index(1)  # "Tessary is the capital of Moldavia Nova."
+    assert hop[0, at] == 2 and w[0, at] == pytest.approx(scores[0, 0]) and scores[0, at] < scores[0, 0]
 
 
 def test_packed_embedder_unpacks_to_the_same_bytes(tmp_path: Path) -> None:
