@@ -390,6 +390,7 @@ class BenchConfig:
     passage_chars: int | None = None  # generated passages' length (default: the length the model was trained on)
     data: str | None = None  # squad / hotpotqa: the dataset file the corpus and questions come from
     split: str = "val"  # squad: ragsoup's by-article split side (val = held-out articles, train, all)
+    hops: int = 1  # 2: ask's second search (Engine.retrieve) for soup and concat alike; the sweep then starts at k = 2
 
     @classmethod
     def quick(cls, **overrides: Any) -> "BenchConfig":
@@ -435,6 +436,7 @@ class BenchResult:
     rows: list[BenchRow] = field(default_factory=list)
     temperature: float | None = None  # the relevance weights' softmax temperature (soup rows with retrieval weights)
     background: str | None = None  # --pool centered: the background the soups were centred on (corpus or model)
+    hops: int = 1  # retrieval hops (both modes read the same passages)
 
     def to_json(self) -> dict:
         """The `bench --json` object (and results.json)."""
@@ -539,27 +541,26 @@ def _sync(device: str) -> None:
 
 
 def _ask_soup(engine: Any, questions: list[str], k: int, pool: str, max_new_tokens: int,
-              weights: str, temperature: float) -> list[tuple[str, list[str], dict]]:
+              weights: str, temperature: float, hops: int = 1) -> list[tuple[str, list[str], dict]]:
     """Questions answered together through Engine.ask_batch: (answer, retrieved passage ids, stage ms) each."""
     out = []
     for res in engine.ask_batch(questions, k=k, pool=pool, max_new_tokens=max_new_tokens, weights=weights,
-                                temperature=temperature):
+                                temperature=temperature, hops=hops):
         t = res.timings_ms
         stages = {"retrieve": t["retrieve"], "load_soup": t["soup"], "decode": t["decode"], "total": t["total"]}
         out.append((res.answer, [p["id"] for p in res.passages], stages))
     return out
 
 
-def _ask_concat(engine: Any, question: str, k: int, max_new_tokens: int) -> tuple[str, list[str], dict]:
-    """One query the concat way: same retrieval, re-encode the k passages concatenated, decode."""
+def _ask_concat(engine: Any, question: str, k: int, max_new_tokens: int,
+                hops: int = 1) -> tuple[str, list[str], dict]:
+    """One query the concat way: same retrieval, re-encode the k passages concatenated (retrieval order), decode."""
     from ragsoup.generate import concat_states, generate
-    from ragsoup.retrieve import search
 
     k = min(k, len(engine.passages))
     model, tok = engine.loaded.model, engine.loaded.tokenizer
     t0 = time.perf_counter()
-    q = engine.embedder.encode([question])
-    _, rows = search(engine.faiss, q, k)
+    _, rows, _, _ = engine.retrieve([question], k, hops)
     rows = [r for r in rows[0].tolist() if r >= 0]
     t1 = time.perf_counter()
     states = concat_states(model, tok, [engine.passages[r].text for r in rows], engine.manifest.max_tokens)
@@ -576,7 +577,7 @@ def _ask_concat(engine: Any, question: str, k: int, max_new_tokens: int) -> tupl
 def bench_row(engine: Any, mode: str, k: int, questions: list[dict], pool: str,
               warmup: int, max_new_tokens: int, bandwidth_gbps: float,
               progress: Progress | None = None, query_batch: int = 1, *, weights: str,
-              temperature: float) -> BenchRow:
+              temperature: float, hops: int = 1) -> BenchRow:
     """Run ``questions`` through one (mode, k) after ``warmup`` untimed queries; aggregate one row.
 
     Soup answers ``query_batch`` questions at a time (one embedding call, one batched decode); concat one.
@@ -589,9 +590,9 @@ def bench_row(engine: Any, mode: str, k: int, questions: list[dict], pool: str,
         for j in range(0, len(qs), step):
             chunk = [q["question"] for q in qs[j : j + step]]
             if mode == "soup":
-                yield from _ask_soup(engine, chunk, k, pool, max_new_tokens, weights, temperature)
+                yield from _ask_soup(engine, chunk, k, pool, max_new_tokens, weights, temperature, hops)
             else:
-                yield _ask_concat(engine, chunk[0], k, max_new_tokens)
+                yield _ask_concat(engine, chunk[0], k, max_new_tokens, hops)
 
     # concat warms up with one query at most: at large k each one re-encodes k passages
     for _ in answers(questions[: max(min(warmup, 1) if mode == "concat" else warmup * step, 0)]):
@@ -647,6 +648,10 @@ def run_bench(cfg: BenchConfig, progress: Progress | None = None) -> BenchResult
                     ("--passages", cfg.passages),
                     ("--concat-max-k", cfg.concat_max_k), ("--concat-queries", cfg.concat_queries)):
         _check_positive(name, v)
+    if cfg.hops not in (1, 2):
+        raise RagsoupError(f"--hops must be 1 or 2 (got {cfg.hops})")
+    if cfg.hops == 2 and cfg.k_max < 2:
+        raise RagsoupError("--hops 2 needs --k 2 or more: the second hop's passages take half of the k slots")
     import torch
 
     from ragsoup.device import pick_device
@@ -663,7 +668,7 @@ def run_bench(cfg: BenchConfig, progress: Progress | None = None) -> BenchResult
     bandwidth = measure_bandwidth(cfg.bandwidth_bytes)
     if progress:
         progress("bandwidth", 1, 1)
-    ks = sweep_ks(cfg.k_max, len(engine.passages))
+    ks = [k for k in sweep_ks(cfg.k_max, len(engine.passages)) if k >= cfg.hops]  # two hops need two slots
     concat_max_k = cfg.concat_max_k if cfg.concat_max_k is not None else cfg.k_max
     concat_n = cfg.concat_queries if cfg.concat_queries is not None else min(cfg.queries, 20)
     from ragsoup.checkpoint import model_label
@@ -676,7 +681,8 @@ def run_bench(cfg: BenchConfig, progress: Progress | None = None) -> BenchResult
                          index_dir=str(index_dir),
                          index_seconds=round(index_seconds, 2),
                          temperature=temperature,
-                         background=engine.background_source if cfg.pool == "centered" else None)
+                         background=engine.background_source if cfg.pool == "centered" else None,
+                         hops=cfg.hops)
     runs = [(m, w) for m in cfg.modes for w in (weightings if m == "soup" else ["uniform"])]
     for mode, weights in runs:
         for k in ks:
@@ -685,7 +691,7 @@ def run_bench(cfg: BenchConfig, progress: Progress | None = None) -> BenchResult
             qs = questions if mode == "soup" else questions[:concat_n]
             result.rows.append(bench_row(engine, mode, k, qs, cfg.pool, cfg.warmup, cfg.max_new_tokens,
                                          bandwidth, progress, cfg.query_batch, weights=weights,
-                                         temperature=temperature))
+                                         temperature=temperature, hops=cfg.hops))
     return result
 
 

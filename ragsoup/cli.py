@@ -560,6 +560,7 @@ def bench(
     seed: int = typer.Option(0, help="Corpus seed."),
     max_new_tokens: int = typer.Option(32, help="Answer length limit in tokens."),
     query_batch: Optional[int] = typer.Option(None, "--query-batch", help="Soup: answer this many questions together (one embedding call, one batched decode); latencies become per question."),
+    hops: Optional[int] = typer.Option(None, "--hops", help="2: ask's second search for a fact the question does not name (two-hop questions), for soup and concat alike; the sweep starts at k = 2."),
     embedder: Optional[str] = typer.Option(None, help="A local sentence-transformers model directory (default: the bundled all-MiniLM-L6-v2)."),
     passage_chars: Optional[int] = typer.Option(None, "--passage-chars", help="Characters per generated passage (default: the length the model was trained on; ragsoup index chunks at 600)."),
     quick: bool = typer.Option(False, "--quick", help="About a minute on a 2-core CPU: 256 passages, 16 queries, k up to 16."),
@@ -578,7 +579,8 @@ def bench(
     given = dict(task=task, k_max=k, modes=mode_list, pool=pool, background=background, weights=weights, temperature=temperature, queries=queries, passages=passages,
                  concat_max_k=concat_max_k, concat_queries=concat_queries, model=model, seed=seed, device=device,
                  max_new_tokens=max_new_tokens, cache_dir=str(cache_dir) if cache_dir else None, query_batch=query_batch,
-                 embedder=embedder, passage_chars=passage_chars, data=str(data) if data else None, split=split)
+                 embedder=embedder, passage_chars=passage_chars, data=str(data) if data else None, split=split,
+                 hops=hops)
     cfg = BenchConfig.quick(**given) if quick else BenchConfig(**{k_: v for k_, v in given.items() if v is not None})
     with _progress() as prog:
         bars: dict[str, int] = {}
@@ -598,7 +600,8 @@ def bench(
         _print_json(res.to_json())
         return
     fmt = lambda v, f="{:.1f}": "-" if v is None else f.format(v)  # noqa: E731
-    table = Table(title=f"{res.task}: {res.n_passages} passages of ~{res.passage_chars} characters, {res.device}, pool {cfg.pool}")
+    table = Table(title=f"{res.task}: {res.n_passages} passages of ~{res.passage_chars} characters, {res.device}, "
+                        f"pool {cfg.pool}{_hops(res.hops)}")
     for c in ("mode", "k", "n", "EM", "F1", "R@k", "p50 ms", "p95 ms", "peak MB", "state MB/q"):
         table.add_column(c, justify="left" if c == "mode" else "right")
     for r in res.rows:

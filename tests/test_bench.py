@@ -116,6 +116,25 @@ def test_bench_concat_caps(tiny_model, quick_run):
     assert [r["k"] for r in concat] == [1, 2] and all(r["n_queries"] == 2 for r in concat)
 
 
+def test_bench_in_two_hops_gives_soup_and_concat_the_same_passages(tiny_model, tmp_path):
+    from ragsoup.tasks.files import read_questions
+
+    obj = _bench(tiny_model, tmp_path / "th", "--task", "two-hop", "--hops", "2", "--weights", "uniform")
+    assert obj["hops"] == 2 and obj["task"] == "two-hop"
+    assert [(r["mode"], r["k"]) for r in obj["rows"]] == [("soup", 2), ("soup", 4), ("concat", 2), ("concat", 4)]
+    one = _bench(tiny_model, tmp_path / "th", "--task", "two-hop", "--weights", "uniform")
+    assert one["hops"] == 1 and [r["k"] for r in one["rows"] if r["mode"] == "soup"] == [1, 2, 4]
+    for hops in (one, obj):
+        soup = {r["k"]: r for r in hops["rows"] if r["mode"] == "soup"}
+        concat = {r["k"]: r for r in hops["rows"] if r["mode"] == "concat"}
+        assert all(concat[k]["recall_all_at_k"] == soup[k]["recall_all_at_k"] for k in concat)  # same retrieval
+    # a second search finds second facts that one search misses (both gold passages of a two-hop question)
+    assert all(len(q["gold_ids"]) == 2 for q in read_questions(tmp_path / "th" / "corpus" / "questions.jsonl"))
+    two_hop = {r["k"]: r["recall_all_at_k"] for r in obj["rows"] if r["mode"] == "soup"}
+    one_hop = {r["k"]: r["recall_all_at_k"] for r in one["rows"] if r["mode"] == "soup"}
+    assert two_hop[4] > one_hop[4]
+
+
 def test_bench_passage_chars_builds_its_own_corpus(tiny_model, tmp_path):
     from ragsoup.tasks.files import read_corpus
 
@@ -135,6 +154,8 @@ def test_bench_passage_chars_builds_its_own_corpus(tiny_model, tmp_path):
     (["--pool", "median"], "unknown pooling"),
     (["--pool", "max", "--weights", "retrieval"], "--weights uniform"),
     (["--k", "0"], "--k must be at least 1"),
+    (["--hops", "3"], "--hops must be 1 or 2"),
+    (["--hops", "2", "--k", "1"], "--k 2 or more"),
     (["--queries", "40", "--passages", "30"], "raise --passages"),
 ])
 def test_bench_errors_are_one_line_and_exit_1(tiny_model, tmp_path, args, message):
