@@ -59,16 +59,6 @@ def compute_background(model: Mamba2LM, tok: Tokenizer, passages: Sequence[str],
     return acc.div_(len(passages)).cpu()
 
 
-def rows_mean(rows: Tensor, chunk: int = 256) -> Tensor:
-    """The mean of state rows [n, D] (e.g. a store's memory map) as one fp32 row [D], read ``chunk`` rows at a time."""
-    if rows.shape[0] == 0:
-        raise RagsoupError("no state rows to average")
-    acc = torch.zeros(rows.shape[1], dtype=torch.float32)
-    for i in range(0, rows.shape[0], chunk):
-        acc.add_(rows[i : i + chunk].float().sum(0))
-    return acc.div_(rows.shape[0])
-
-
 _REMAKE = "recreate it: `ragsoup background MODEL` for a model's, `ragsoup index CORPUS` for an index's"
 
 

@@ -13,7 +13,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from ragsoup.background import rows_mean, save_background
+from ragsoup.background import save_background
 from ragsoup.checkpoint import load_model
 from ragsoup.corpus import load_corpus
 from ragsoup.device import pick_device
@@ -126,10 +126,9 @@ def build_index(
         if N:
             save_index(build_faiss(embeddings, factory), data / "faiss.index")
         writer.commit()
-        if N:  # the corpus background, for --pool centered (ragsoup.background): one more read of the store
+        if N:  # the corpus background, for --pool centered (ragsoup.background): the writer summed the rows
             tb = time.perf_counter()
-            rows = StateStore(data / "states.npy", D, state_dtype).view()
-            save_background(data, rows_mean(rows), {"text": "corpus", "passages": N, "corpus": str(corpus)})
+            save_background(data, writer.mean(), {"text": "corpus", "passages": N, "corpus": str(corpus)})
             seconds["background"] = time.perf_counter() - tb
     except BaseException:
         # everything written so far (the store's temp file included) lives in the uncommitted folder

@@ -52,13 +52,19 @@ def unflatten_states(rows: Tensor, cfg: Mamba2Config) -> States:
 
 
 class StoreWriter:
-    """Writes rows into a new store file under a temporary name; ``commit`` moves it into place."""
+    """Writes rows into a new store file under a temporary name; ``commit`` moves it into place.
+
+    It also sums the rows as they come (fp32), so the store's mean row (the corpus background) needs no second
+    read: write each row once.
+    """
 
     def __init__(self, path: Path, n_rows: int, row_numel: int, dtype: str = "float16") -> None:
         self.path = Path(path)
         self.tmp = self.path.with_name(f".{self.path.name}.tmp")
         self.dtype = np.dtype(DTYPES[dtype])
         self.shape = (n_rows, row_numel)
+        self.total = torch.zeros(row_numel, dtype=torch.float32)  # the sum of the rows written, as stored
+        self.n_written = 0
         if n_rows:
             self.mm = np.lib.format.open_memmap(self.tmp, mode="w+", dtype=self.dtype, shape=self.shape)
         else:
@@ -70,7 +76,16 @@ class StoreWriter:
         """Write rows [n, D] at row positions ``idx``."""
         if isinstance(rows, Tensor):
             rows = rows.detach().cpu().numpy()
+        rows = np.asarray(rows, dtype=self.dtype)
         self.mm[idx] = rows
+        self.total.add_(torch.from_numpy(rows).float().sum(0))
+        self.n_written += rows.shape[0]
+
+    def mean(self) -> Tensor:
+        """The mean of the rows written so far, fp32 [D] (each row written once: the store's mean row)."""
+        if not self.n_written:
+            raise RagsoupError("no state rows to average")
+        return self.total / self.n_written
 
     def commit(self) -> None:
         """Flush and atomically move the file to its final name."""

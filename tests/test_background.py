@@ -152,6 +152,17 @@ def test_an_index_stores_its_corpus_background_and_centered_asks_read_it(tiny_mo
     assert r.exit_code == 0, r.output
     assert json.loads(r.stdout)["background"] == "corpus"
 
+    # an incremental re-index (one passage more, one fewer; the rest copied) averages the rows it now holds
+    corpus = tmp_path / "corpus"
+    (corpus / "0.txt").unlink()
+    (corpus / "9.txt").write_text("The miller counted his sacks of flour twice before the market opened.")
+    r = run("index", corpus, "--out", idx, "--model", model_dir, "--device", "cpu", "--json")
+    assert r.exit_code == 0, r.output
+    assert (json.loads(r.stdout)["kept"], json.loads(r.stdout)["added"]) == (len(TEXTS) - 1, 1)
+    m = read_manifest(idx)
+    rows = StateStore(idx / m.data_dir / "states.npy", m.state_numel, m.state_dtype).view()
+    torch.testing.assert_close(load_background(idx / m.data_dir, m.state_numel), rows.float().mean(0))
+
     (idx / m.data_dir / BACKGROUND_FILE).unlink()  # an index built before corpus backgrounds
     with pytest.raises(RagsoupError, match="rebuild the index"):
         Engine(idx, device="cpu", background="corpus")

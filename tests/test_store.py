@@ -133,6 +133,20 @@ def test_rows_written_out_of_order(tmp_path):
     assert np.array_equal(StateStore(tmp_path / "x.npy").read(range(6)), rows.numpy())
 
 
+def test_the_writer_averages_the_rows_as_stored(tmp_path):
+    rows = _rows(7, seed=7) * 3
+    w = StoreWriter(tmp_path / "m.npy", 7, D, "float16")
+    with pytest.raises(RagsoupError, match="no state rows"):
+        w.mean()
+    w.write([6, 0, 2], rows[[6, 0, 2]])  # a Tensor, out of order
+    w.write(slice(3, 6), rows[3:6].numpy())  # fp32 rows are stored (and counted) as fp16
+    w.write([1], rows[[1]].half())
+    w.commit()
+    stored = torch.from_numpy(StateStore(tmp_path / "m.npy").read(range(7))).float()
+    torch.testing.assert_close(w.mean(), stored.mean(0), rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(w.mean(), rows.mean(0), rtol=0, atol=1e-6)  # the fp16 rounding is in it
+
+
 def test_empty_store(tmp_path):
     w = StoreWriter(tmp_path / "e.npy", 0, D, "float16")
     w.commit()
