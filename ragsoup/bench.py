@@ -5,7 +5,8 @@ generated task), so answer quality is measured alone. ``run_bench`` indexes a ge
 same code path as ``ragsoup index`` and sends every query through the real pipeline for each k and mode:
 
     soup    Engine.ask: embed + FAISS top-k -> read k cached state rows -> pool -> decode
-    concat  the same retrieval -> re-encode the k passages concatenated (retrieval order) -> decode
+    concat  the same retrieval -> re-encode the k passages concatenated (best passage last by default,
+            next to the question) -> decode
 
 and reports EM/F1, recall@k, latency percentiles per stage, peak memory and the bytes of state read per
 query, next to the machine's copy bandwidth (the lower bound on reading those bytes).
@@ -38,6 +39,9 @@ EVAL_GENERATED_TASKS = ("needle", "needle-multikey", "needle-distractor", "needl
 EVAL_TASKS = EVAL_FILE_TASKS + EVAL_GENERATED_TASKS
 BENCH_TASKS = ("needle", "needle-multikey", "needle-distractor", "two-hop", "squad", "hotpotqa")
 MODES = ("soup", "concat")
+# the order concat reads its k passages in: the best-scored one last, next to the question (a recurrent reader
+# remembers the end best: two-hop corpus, k = 5, two hops: 50.0 EM vs 42.5 with the best first, docs/results.md 1b)
+CONCAT_ORDERS = ("best-last", "best-first")
 
 
 def model_info(model: str | Path | None) -> tuple[Path, str, dict]:
@@ -391,6 +395,7 @@ class BenchConfig:
     data: str | None = None  # squad / hotpotqa: the dataset file the corpus and questions come from
     split: str = "val"  # squad: ragsoup's by-article split side (val = held-out articles, train, all)
     hops: int = 1  # 2: ask's second search (Engine.retrieve) for soup and concat alike; the sweep then starts at k = 2
+    concat_order: str = "best-last"  # concat's passage order (CONCAT_ORDERS); a soup's mean has none
 
     @classmethod
     def quick(cls, **overrides: Any) -> "BenchConfig":
@@ -437,6 +442,7 @@ class BenchResult:
     temperature: float | None = None  # the relevance weights' softmax temperature (soup rows with retrieval weights)
     background: str | None = None  # --pool centered: the background the soups were centred on (corpus or model)
     hops: int = 1  # retrieval hops (both modes read the same passages)
+    concat_order: str = "best-last"  # the order concat read its passages in
 
     def to_json(self) -> dict:
         """The `bench --json` object (and results.json)."""
@@ -552,9 +558,9 @@ def _ask_soup(engine: Any, questions: list[str], k: int, pool: str, max_new_toke
     return out
 
 
-def _ask_concat(engine: Any, question: str, k: int, max_new_tokens: int,
-                hops: int = 1) -> tuple[str, list[str], dict]:
-    """One query the concat way: same retrieval, re-encode the k passages concatenated (retrieval order), decode."""
+def _ask_concat(engine: Any, question: str, k: int, max_new_tokens: int, hops: int = 1,
+                order: str = "best-last") -> tuple[str, list[str], dict]:
+    """One query the concat way: same retrieval, re-encode the k passages concatenated (``order``), decode."""
     from ragsoup.generate import concat_states, generate
 
     k = min(k, len(engine.passages))
@@ -562,6 +568,8 @@ def _ask_concat(engine: Any, question: str, k: int, max_new_tokens: int,
     t0 = time.perf_counter()
     _, rows, _, _ = engine.retrieve([question], k, hops)
     rows = [r for r in rows[0].tolist() if r >= 0]
+    if order == "best-last":
+        rows = rows[::-1]
     t1 = time.perf_counter()
     states = concat_states(model, tok, [engine.passages[r].text for r in rows], engine.manifest.max_tokens)
     _sync(engine.device)
@@ -577,7 +585,7 @@ def _ask_concat(engine: Any, question: str, k: int, max_new_tokens: int,
 def bench_row(engine: Any, mode: str, k: int, questions: list[dict], pool: str,
               warmup: int, max_new_tokens: int, bandwidth_gbps: float,
               progress: Progress | None = None, query_batch: int = 1, *, weights: str,
-              temperature: float, hops: int = 1) -> BenchRow:
+              temperature: float, hops: int = 1, concat_order: str = "best-last") -> BenchRow:
     """Run ``questions`` through one (mode, k) after ``warmup`` untimed queries; aggregate one row.
 
     Soup answers ``query_batch`` questions at a time (one embedding call, one batched decode); concat one.
@@ -592,7 +600,7 @@ def bench_row(engine: Any, mode: str, k: int, questions: list[dict], pool: str,
             if mode == "soup":
                 yield from _ask_soup(engine, chunk, k, pool, max_new_tokens, weights, temperature, hops)
             else:
-                yield _ask_concat(engine, chunk[0], k, max_new_tokens, hops)
+                yield _ask_concat(engine, chunk[0], k, max_new_tokens, hops, concat_order)
 
     # concat warms up with one query at most: at large k each one re-encodes k passages
     for _ in answers(questions[: max(min(warmup, 1) if mode == "concat" else warmup * step, 0)]):
@@ -648,6 +656,8 @@ def run_bench(cfg: BenchConfig, progress: Progress | None = None) -> BenchResult
                     ("--passages", cfg.passages),
                     ("--concat-max-k", cfg.concat_max_k), ("--concat-queries", cfg.concat_queries)):
         _check_positive(name, v)
+    if cfg.concat_order not in CONCAT_ORDERS:
+        raise RagsoupError(f"unknown concat order '{cfg.concat_order}': use {' or '.join(CONCAT_ORDERS)}")
     if cfg.hops not in (1, 2):
         raise RagsoupError(f"--hops must be 1 or 2 (got {cfg.hops})")
     if cfg.hops == 2 and cfg.k_max < 2:
@@ -682,7 +692,7 @@ def run_bench(cfg: BenchConfig, progress: Progress | None = None) -> BenchResult
                          index_seconds=round(index_seconds, 2),
                          temperature=temperature,
                          background=engine.background_source if cfg.pool == "centered" else None,
-                         hops=cfg.hops)
+                         hops=cfg.hops, concat_order=cfg.concat_order)
     runs = [(m, w) for m in cfg.modes for w in (weightings if m == "soup" else ["uniform"])]
     for mode, weights in runs:
         for k in ks:
@@ -691,7 +701,7 @@ def run_bench(cfg: BenchConfig, progress: Progress | None = None) -> BenchResult
             qs = questions if mode == "soup" else questions[:concat_n]
             result.rows.append(bench_row(engine, mode, k, qs, cfg.pool, cfg.warmup, cfg.max_new_tokens,
                                          bandwidth, progress, cfg.query_batch, weights=weights,
-                                         temperature=temperature, hops=cfg.hops))
+                                         temperature=temperature, hops=cfg.hops, concat_order=cfg.concat_order))
     return result
 
 
@@ -762,7 +772,8 @@ def plot_results(result: BenchResult, out: Path) -> list[Path]:
             ax.set_ylim(-2, 102)
         ax.set_xlabel("k (passages retrieved)")
         ax.set_ylabel(ylabel)
-        ax.set_title(f"{result.task}, {result.n_passages} passages, {result.device}")
+        hops = ", 2 hops" if result.hops == 2 else ""
+        ax.set_title(f"{result.task}, {result.n_passages} passages{hops}, {result.device}")
         ax.grid(True, which="both", alpha=0.3)
         ax.legend()
         fig.tight_layout()

@@ -561,6 +561,7 @@ def bench(
     max_new_tokens: int = typer.Option(32, help="Answer length limit in tokens."),
     query_batch: Optional[int] = typer.Option(None, "--query-batch", help="Soup: answer this many questions together (one embedding call, one batched decode); latencies become per question."),
     hops: Optional[int] = typer.Option(None, "--hops", help="2: ask's second search for a fact the question does not name (two-hop questions), for soup and concat alike; the sweep starts at k = 2."),
+    concat_order: Optional[str] = typer.Option(None, "--concat-order", help="Concat's passage order: best-last (the best-scored passage next to the question; default) or best-first."),
     embedder: Optional[str] = typer.Option(None, help="A local sentence-transformers model directory (default: the bundled all-MiniLM-L6-v2)."),
     passage_chars: Optional[int] = typer.Option(None, "--passage-chars", help="Characters per generated passage (default: the length the model was trained on; ragsoup index chunks at 600)."),
     quick: bool = typer.Option(False, "--quick", help="About a minute on a 2-core CPU: 256 passages, 16 queries, k up to 16."),
@@ -580,7 +581,7 @@ def bench(
                  concat_max_k=concat_max_k, concat_queries=concat_queries, model=model, seed=seed, device=device,
                  max_new_tokens=max_new_tokens, cache_dir=str(cache_dir) if cache_dir else None, query_batch=query_batch,
                  embedder=embedder, passage_chars=passage_chars, data=str(data) if data else None, split=split,
-                 hops=hops)
+                 hops=hops, concat_order=concat_order)
     cfg = BenchConfig.quick(**given) if quick else BenchConfig(**{k_: v for k_, v in given.items() if v is not None})
     with _progress() as prog:
         bars: dict[str, int] = {}

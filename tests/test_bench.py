@@ -135,6 +135,26 @@ def test_bench_in_two_hops_gives_soup_and_concat_the_same_passages(tiny_model, t
     assert two_hop[4] > one_hop[4]
 
 
+def test_bench_concat_reads_the_best_passage_last_unless_told(tiny_model, quick_run, monkeypatch):
+    import ragsoup.generate
+    from ragsoup.ask import Engine
+    from ragsoup.bench import _ask_concat
+
+    _, _, cache = quick_run
+    engine = Engine(cache / "index", model=str(tiny_model), device="cpu")
+    read: list[list[str]] = []
+    real = ragsoup.generate.concat_states
+    monkeypatch.setattr(ragsoup.generate, "concat_states", lambda m, t, texts, *a, **kw: (read.append(list(texts)),
+                                                                                          real(m, t, texts, *a, **kw))[1])
+    q = "What is the special magic number for the harbour?"
+    _, ids, _ = _ask_concat(engine, q, 3, 2)
+    _, ids_first, _ = _ask_concat(engine, q, 3, 2, order="best-first")
+    _, rows, _, _ = engine.retrieve([q], 3)
+    ranked = [engine.passages[r].text for r in rows[0]]
+    assert read == [ranked[::-1], ranked] and ids == ids_first[::-1]
+    assert _bench(tiny_model, cache, "--modes", "concat", "--k", "1")["concat_order"] == "best-last"
+
+
 def test_bench_passage_chars_builds_its_own_corpus(tiny_model, tmp_path):
     from ragsoup.tasks.files import read_corpus
 
@@ -155,6 +175,7 @@ def test_bench_passage_chars_builds_its_own_corpus(tiny_model, tmp_path):
     (["--pool", "max", "--weights", "retrieval"], "--weights uniform"),
     (["--k", "0"], "--k must be at least 1"),
     (["--hops", "3"], "--hops must be 1 or 2"),
+    (["--concat-order", "random"], "unknown concat order"),
     (["--hops", "2", "--k", "1"], "--k 2 or more"),
     (["--queries", "40", "--passages", "30"], "raise --passages"),
 ])
