@@ -109,11 +109,14 @@ class Engine:
             return scores, rows, np.ones_like(rows), scores
         bridges = bridge_queries(self.embedder, questions, q, [self.passages[r[0]].text for r in rows.tolist()])
         names = [bridge_names(b) for b in bridges]
-        named = lambda rr: np.array([[r >= 0 and names_any(self.passages[r].text, names[i]) for r in row]  # noqa: E731
-                                     for i, row in enumerate(rr.tolist())], bool).reshape(rr.shape)
         second = search(self.faiss, self.embedder.encode(bridges), k + BRIDGE_CANDIDATES)
-        scores, rows, hop = merge_hops((scores, rows), bridge_first(second, named(second[1])), k)
-        return scores, rows, hop, hop_weight_scores(scores, hop, named(rows))
+        scores, rows, hop = merge_hops((scores, rows), bridge_first(second, self._naming(second[1], names)), k)
+        return scores, rows, hop, hop_weight_scores(scores, hop, self._naming(rows, names))
+
+    def _naming(self, rows: np.ndarray, names: Sequence[frozenset[str]]) -> np.ndarray:
+        """[n, m] bool: whether passage ``rows[i, j]`` names one of question i's bridge ``names`` (-1 rows: no)."""
+        return np.array([[r >= 0 and names_any(self.passages[r].text, names[i]) for r in row]
+                         for i, row in enumerate(rows.tolist())], bool).reshape(rows.shape)
 
     def ask_batch(self, questions: Sequence[str], k: int = 5, pool: str = "mean", max_new_tokens: int = 32,
                   weights: str | None = None, temperature: float = DEFAULT_TEMPERATURE,
