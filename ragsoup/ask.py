@@ -28,6 +28,15 @@ from ragsoup.store import StateStore, segments, unflatten_states
 # k + 50; docs/results.md section 1)
 BRIDGE_CANDIDATES = 32
 
+
+def check_hops(hops: int, k: int) -> None:
+    """Raise unless ``hops`` is 1 or 2 and, with two, k leaves the second hop a slot."""
+    if hops not in (1, 2):
+        raise RagsoupError(f"--hops must be 1 or 2 (got {hops})")
+    if hops == 2 and k < 2:
+        raise RagsoupError("--hops 2 needs --k 2 or more: the second hop's passages take half of the k slots")
+
+
 @dataclass
 class AskResult:
     question: str
@@ -132,8 +141,6 @@ class Engine:
             raise RagsoupError("the question is empty: ask something, e.g. ragsoup ask \"What is ...?\"")
         if k <= 0:
             raise RagsoupError(f"--k must be at least 1 (got {k})")
-        if hops not in (1, 2):
-            raise RagsoupError(f"--hops must be 1 or 2 (got {hops})")
         check_pool(pool)
         weights = check_weighting(weights, pool, temperature)
         if pool == "centered" and self.background is None:
@@ -144,8 +151,7 @@ class Engine:
         if k > len(self.passages):
             notices.append(f"k={k} is more than the {len(self.passages)} passages in the index; using k={len(self.passages)}")
             k = len(self.passages)
-        if hops == 2 and k < 2:
-            raise RagsoupError("--hops 2 needs --k 2 or more: the second hop's passages take half of the k slots")
+        check_hops(hops, k)
         t0 = time.perf_counter()
         scores, rows, hop, w_scores = self.retrieve(questions, k, hops)
         t1 = time.perf_counter()

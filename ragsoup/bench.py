@@ -658,10 +658,9 @@ def run_bench(cfg: BenchConfig, progress: Progress | None = None) -> BenchResult
         _check_positive(name, v)
     if cfg.concat_order not in CONCAT_ORDERS:
         raise RagsoupError(f"unknown concat order '{cfg.concat_order}': use {' or '.join(CONCAT_ORDERS)}")
-    if cfg.hops not in (1, 2):
-        raise RagsoupError(f"--hops must be 1 or 2 (got {cfg.hops})")
-    if cfg.hops == 2 and cfg.k_max < 2:
-        raise RagsoupError("--hops 2 needs --k 2 or more: the second hop's passages take half of the k slots")
+    from ragsoup.ask import check_hops
+
+    check_hops(cfg.hops, cfg.k_max)
     import torch
 
     from ragsoup.device import pick_device
