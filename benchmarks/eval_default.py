@@ -3,6 +3,7 @@
 Usage: python benchmarks/eval_default.py [--model default] [--n 64] [--seed 12345] [--prose PATH] [--bg-prose PATH]
        [--out FILE.json]
        [--pools centered,max,mean/retrieval]  (only those rows; the --out file keeps its others)
+       [--extractive]  (answers decoded as spans of each example's passages)
 Every number comes from `ragsoup eval` (bench.run_eval) on freshly generated examples (seed disjoint from training).
 """
 
@@ -66,6 +67,7 @@ def main() -> None:
     ap.add_argument("--out", default=None)
     ap.add_argument("--pools", default=None, help="only the plan's rows with these pools (e.g. centered,max); "
                     "with --out, the file's other rows are kept")
+    ap.add_argument("--extractive", action="store_true", help="decode answers as spans of the passages")
     a = ap.parse_args()
     set_threads(a.threads)
     only = set(a.pools.split(",")) if a.pools else None
@@ -82,13 +84,14 @@ def main() -> None:
         for k in ks:
             t = time.perf_counter()
             r = run_eval(task, k=k, mode=mode, pool=pool, limit=a.n, model=a.model, seed=a.seed, device="cpu",
-                         batch_size=16, filler=a.prose if prose else None, weights=weights, background_text=bg_text)
+                         batch_size=16, filler=a.prose if prose else None, weights=weights, background_text=bg_text,
+                         extractive=a.extractive)
             dt = time.perf_counter() - t
             rows.append({"label": label, **r.to_json(), "pool": pool, "seconds": round(dt, 1)})
             print(f"| {label} | {mode} | {key(pool, weights)} | {k} | {r.n} | {r.em:.1f} | {r.f1:.1f} | {dt:.0f} |", flush=True)
     if a.out:
         Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(a.out).write_text(json.dumps({"model": a.model, "seed": a.seed, "rows": rows}, indent=1))
+        Path(a.out).write_text(json.dumps({"model": a.model, "seed": a.seed, "extractive": a.extractive, "rows": rows}, indent=1))
 
 
 if __name__ == "__main__":

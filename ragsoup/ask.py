@@ -49,6 +49,7 @@ class AskResult:
     weights: str = "uniform"
     hops: int = 1
     background: str | None = None  # --pool centered: what the soup was centred on (model or corpus)
+    extractive: bool = False  # the answer was decoded as a span of its passages
 
     def to_json(self) -> dict:
         """The `ask --json` object."""
@@ -99,9 +100,10 @@ class Engine:
         self.cache = DeviceStateCache(self.store.view(), self.device, cache_mb) if self.device == "cuda" else None
 
     def ask(self, question: str, k: int = 5, pool: str = "mean", max_new_tokens: int = 32,
-            weights: str | None = None, temperature: float = DEFAULT_TEMPERATURE, hops: int = 1) -> AskResult:
+            weights: str | None = None, temperature: float = DEFAULT_TEMPERATURE, hops: int = 1,
+            extractive: bool = False) -> AskResult:
         """Answer one question from the soup of its top-k passages' states."""
-        return self.ask_batch([question], k, pool, max_new_tokens, weights, temperature, hops)[0]
+        return self.ask_batch([question], k, pool, max_new_tokens, weights, temperature, hops, extractive)[0]
 
     def retrieve(self, questions: Sequence[str], k: int,
                  hops: int = 1) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -129,12 +131,13 @@ class Engine:
 
     def ask_batch(self, questions: Sequence[str], k: int = 5, pool: str = "mean", max_new_tokens: int = 32,
                   weights: str | None = None, temperature: float = DEFAULT_TEMPERATURE,
-                  hops: int = 1) -> list[AskResult]:
+                  hops: int = 1, extractive: bool = False) -> list[AskResult]:
         """Answer several questions at once: one embedding call, one FAISS search, one batched decode.
 
         Each question gets its own top-k soup; timings are the batch's per stage, divided by its size.
         ``weights``: "retrieval" weighs each passage by softmax(score / temperature), "uniform" is the plain soup;
         None: retrieval where the pooling takes weights (mean, centered), else uniform. ``hops=2``: see ``retrieve``.
+        ``extractive``: each answer is decoded as a span of its k passages' text (``generate``'s ``spans_of``).
         """
         questions = [q.strip() for q in questions]
         if not questions or not all(questions):
@@ -172,7 +175,10 @@ class Engine:
         if self.device == "cuda":
             torch.cuda.synchronize()
         t2 = time.perf_counter()
-        answers = generate(self.loaded.model, self.loaded.tokenizer, states, questions, max_new_tokens)
+        spans_of = (["\n".join(self.passages[r].text for r in row if r >= 0) for row in rows.tolist()]
+                    if extractive else None)
+        answers = generate(self.loaded.model, self.loaded.tokenizer, states, questions, max_new_tokens,
+                           spans_of=spans_of)
         t3 = time.perf_counter()
         n = len(questions)
         ms = lambda a, b: round((b - a) * 1000 / n, 3)  # noqa: E731
@@ -186,7 +192,7 @@ class Engine:
                 for r, sc, wt, h in zip(r_row, s_row, ws, hop[i].tolist())
             ]
             out.append(AskResult(question, answer, k, pool, passages, dict(timings), list(notices), weights, hops,
-                                 self.background_source if pool == "centered" else None))
+                                 self.background_source if pool == "centered" else None, extractive))
         return out
 
 
@@ -208,7 +214,7 @@ def _pick_background(which: str, data_dir: Path, model_dir: Path, numel: int) ->
 def ask_document(
     doc: str | Path, question: str, model: str | Path | None = None, chunk_chars: int = 200, pool: str = "mean",
     max_new_tokens: int = 32, device: str = "auto", weights: str | None = None,
-    temperature: float = DEFAULT_TEMPERATURE,
+    temperature: float = DEFAULT_TEMPERATURE, extractive: bool = False,
 ) -> AskResult:
     """Long-document mode: split one document into segments, encode each alone, soup them all, answer.
 
@@ -241,7 +247,8 @@ def ask_document(
         w = relevance_weights(scores, temperature)
     states = soup_state(loaded.model, loaded.tokenizer, segments, pool, background=model_background(loaded), weights=w)
     t1 = time.perf_counter()
-    answer = generate(loaded.model, loaded.tokenizer, states, [question], max_new_tokens)[0]
+    answer = generate(loaded.model, loaded.tokenizer, states, [question], max_new_tokens,
+                      spans_of=["\n".join(segments)] if extractive else None)[0]
     t2 = time.perf_counter()
     passages = [{"id": f"{path.name}#{i}", "score": round(float(sc), 4), "weight": wt, "hop": 1, "text": s,
                  "title": path.name, "source": str(path)}
@@ -249,4 +256,4 @@ def ask_document(
     timings = {"retrieve": 0.0, "soup": round((t1 - t0) * 1000, 3), "decode": round((t2 - t1) * 1000, 3),
                "total": round((t2 - t0) * 1000, 3)}
     return AskResult(question, answer, len(segments), pool, passages, timings, weights=weights,
-                     background="model" if pool == "centered" else None)
+                     background="model" if pool == "centered" else None, extractive=extractive)

@@ -98,6 +98,7 @@ class EvalResult:
     em: float
     f1: float
     weights: str = "uniform"
+    extractive: bool = False
 
     def to_json(self) -> dict:
         """The `eval --json` object."""
@@ -193,7 +194,7 @@ def run_eval(task: str, data: str | Path | None = None, k: int = 5, mode: str = 
              on_batch: Callable[[int], None] | None = None, filler: str | Path | None = None,
              encoder: str | Path | None = None, split: str = "all", passage_chars: int | None = None,
              weights: str = "uniform", temperature: float | None = None,
-             background_text: str | None = None) -> EvalResult:
+             background_text: str | None = None, extractive: bool = False) -> EvalResult:
     """Predict and score `task` examples (gold + distractor passages given, no retrieval); EM/F1 in percent.
 
     ``encoder``: a checkpoint that encodes the passages instead of ``model`` (decoder-only finetuned models).
@@ -202,6 +203,7 @@ def run_eval(task: str, data: str | Path | None = None, k: int = 5, mode: str = 
     does with the retrieved ones (softmax / temperature); the embedder then does part of the reading.
     ``background_text``: centered only: centre on the mean state of 512 passages of this text ("template" or a prose
     file) instead of the model's background file, like an index's corpus background.
+    ``extractive``: answers decoded as spans of each example's passages.
     """
     from ragsoup.background import model_background, text_background
     from ragsoup.checkpoint import load_model
@@ -243,7 +245,7 @@ def run_eval(task: str, data: str | Path | None = None, k: int = 5, mode: str = 
     w = example_weights(examples, temperature, pick_device(device)) if weights == "retrieval" else None
     preds = predict(loaded.model, loaded.tokenizer, examples, mode=mode, pool=pool, batch_size=batch_size,
                     max_new_tokens=max_new_tokens, max_tokens=max_tokens, on_batch=on_batch, encoder=enc,
-                    background=background, weights=w)
+                    background=background, weights=w, extractive=extractive)
     if task == "two-hop-bridge":  # scored on the country, as two-hop is; the bridge city is the model's own step
         from dataclasses import replace
 
@@ -252,7 +254,8 @@ def run_eval(task: str, data: str | Path | None = None, k: int = 5, mode: str = 
         preds = [final_answer(p) for p in preds]
         examples = [replace(ex, answer=final_answer(ex.answer), answers=[]) for ex in examples]
     s = score(preds, examples)
-    return EvalResult(task=task, mode=mode, k=k, n=s["n"], em=s["em"], f1=s["f1"], weights=weights)
+    return EvalResult(task=task, mode=mode, k=k, n=s["n"], em=s["em"], f1=s["f1"], weights=weights,
+                      extractive=extractive)
 
 
 def example_weights(examples: Sequence[Any], temperature: float, device: str = "cpu") -> list:
@@ -396,6 +399,7 @@ class BenchConfig:
     split: str = "val"  # squad: ragsoup's by-article split side (val = held-out articles, train, all)
     hops: int = 1  # 2: ask's second search (Engine.retrieve) for soup and concat alike; the sweep then starts at k = 2
     concat_order: str = "best-last"  # concat's passage order (CONCAT_ORDERS); a soup's mean has none
+    extractive: bool = False  # answers decoded as spans of the retrieved passages (both modes)
 
     @classmethod
     def quick(cls, **overrides: Any) -> "BenchConfig":
@@ -443,6 +447,7 @@ class BenchResult:
     background: str | None = None  # --pool centered: the background the soups were centred on (corpus or model)
     hops: int = 1  # retrieval hops (both modes read the same passages)
     concat_order: str = "best-last"  # the order concat read its passages in
+    extractive: bool = False  # answers were decoded as spans of the retrieved passages (both modes)
 
     def to_json(self) -> dict:
         """The `bench --json` object (and results.json)."""
@@ -547,11 +552,12 @@ def _sync(device: str) -> None:
 
 
 def _ask_soup(engine: Any, questions: list[str], k: int, pool: str, max_new_tokens: int,
-              weights: str, temperature: float, hops: int = 1) -> list[tuple[str, list[str], dict]]:
+              weights: str, temperature: float, hops: int = 1,
+              extractive: bool = False) -> list[tuple[str, list[str], dict]]:
     """Questions answered together through Engine.ask_batch: (answer, retrieved passage ids, stage ms) each."""
     out = []
     for res in engine.ask_batch(questions, k=k, pool=pool, max_new_tokens=max_new_tokens, weights=weights,
-                                temperature=temperature, hops=hops):
+                                temperature=temperature, hops=hops, extractive=extractive):
         t = res.timings_ms
         stages = {"retrieve": t["retrieve"], "load_soup": t["soup"], "decode": t["decode"], "total": t["total"]}
         out.append((res.answer, [p["id"] for p in res.passages], stages))
@@ -559,7 +565,7 @@ def _ask_soup(engine: Any, questions: list[str], k: int, pool: str, max_new_toke
 
 
 def _ask_concat(engine: Any, question: str, k: int, max_new_tokens: int, hops: int = 1,
-                order: str = "best-last") -> tuple[str, list[str], dict]:
+                order: str = "best-last", extractive: bool = False) -> tuple[str, list[str], dict]:
     """One query the concat way: same retrieval, re-encode the k passages concatenated (``order``), decode."""
     from ragsoup.generate import concat_states, generate
 
@@ -571,10 +577,11 @@ def _ask_concat(engine: Any, question: str, k: int, max_new_tokens: int, hops: i
     if order == "best-last":
         rows = rows[::-1]
     t1 = time.perf_counter()
-    states = concat_states(model, tok, [engine.passages[r].text for r in rows], engine.manifest.max_tokens)
+    texts = [engine.passages[r].text for r in rows]
+    states = concat_states(model, tok, texts, engine.manifest.max_tokens)
     _sync(engine.device)
     t2 = time.perf_counter()
-    answer = generate(model, tok, states, [question], max_new_tokens)[0]
+    answer = generate(model, tok, states, [question], max_new_tokens, spans_of=["\n".join(texts)] if extractive else None)[0]
     _sync(engine.device)
     t3 = time.perf_counter()
     ms = lambda a, b: (b - a) * 1000  # noqa: E731
@@ -585,7 +592,7 @@ def _ask_concat(engine: Any, question: str, k: int, max_new_tokens: int, hops: i
 def bench_row(engine: Any, mode: str, k: int, questions: list[dict], pool: str,
               warmup: int, max_new_tokens: int, bandwidth_gbps: float,
               progress: Progress | None = None, query_batch: int = 1, *, weights: str,
-              temperature: float, hops: int = 1, concat_order: str = "best-last") -> BenchRow:
+              temperature: float, hops: int = 1, concat_order: str = "best-last", extractive: bool = False) -> BenchRow:
     """Run ``questions`` through one (mode, k) after ``warmup`` untimed queries; aggregate one row.
 
     Soup answers ``query_batch`` questions at a time (one embedding call, one batched decode); concat one.
@@ -598,9 +605,9 @@ def bench_row(engine: Any, mode: str, k: int, questions: list[dict], pool: str,
         for j in range(0, len(qs), step):
             chunk = [q["question"] for q in qs[j : j + step]]
             if mode == "soup":
-                yield from _ask_soup(engine, chunk, k, pool, max_new_tokens, weights, temperature, hops)
+                yield from _ask_soup(engine, chunk, k, pool, max_new_tokens, weights, temperature, hops, extractive)
             else:
-                yield _ask_concat(engine, chunk[0], k, max_new_tokens, hops, concat_order)
+                yield _ask_concat(engine, chunk[0], k, max_new_tokens, hops, concat_order, extractive)
 
     # concat warms up with one query at most: at large k each one re-encodes k passages
     for _ in answers(questions[: max(min(warmup, 1) if mode == "concat" else warmup * step, 0)]):
@@ -691,7 +698,7 @@ def run_bench(cfg: BenchConfig, progress: Progress | None = None) -> BenchResult
                          index_seconds=round(index_seconds, 2),
                          temperature=temperature,
                          background=engine.background_source if cfg.pool == "centered" else None,
-                         hops=cfg.hops, concat_order=cfg.concat_order)
+                         hops=cfg.hops, concat_order=cfg.concat_order, extractive=cfg.extractive)
     runs = [(m, w) for m in cfg.modes for w in (weightings if m == "soup" else ["uniform"])]
     for mode, weights in runs:
         for k in ks:
@@ -700,7 +707,8 @@ def run_bench(cfg: BenchConfig, progress: Progress | None = None) -> BenchResult
             qs = questions if mode == "soup" else questions[:concat_n]
             result.rows.append(bench_row(engine, mode, k, qs, cfg.pool, cfg.warmup, cfg.max_new_tokens,
                                          bandwidth, progress, cfg.query_batch, weights=weights,
-                                         temperature=temperature, hops=cfg.hops, concat_order=cfg.concat_order))
+                                         temperature=temperature, hops=cfg.hops, concat_order=cfg.concat_order,
+                                         extractive=cfg.extractive))
     return result
 
 

@@ -127,6 +127,7 @@ def ask(
     weights: Optional[str] = typer.Option(None, help="retrieval: weigh each passage by softmax(score / temperature) of its retrieval score; uniform: the plain equal-weight soup (the paper's). Default: retrieval with mean/centered pooling, else uniform."),
     temperature: Optional[float] = typer.Option(None, help="Softmax temperature of the retrieval weights (default 0.05; larger: closer to equal weights)."),
     hops: int = typer.Option(1, "--hops", help="2: a second search with the top passage's sentence closest to the question, for facts the question does not name (two-hop questions); its passages take half of the k slots."),
+    extractive: bool = typer.Option(False, "--extractive", help="Decode each answer as a span of its passages: at each step the model's best-scored token that keeps the answer a substring of the retrieved text."),
     max_new_tokens: int = typer.Option(32, help="Answer length limit in tokens."),
     batch_size: int = typer.Option(16, help="With --questions: questions answered together (one embedding call, one batched decode)."),
     cache_mb: float = typer.Option(2048.0, help="On a GPU: MB of hot passage states kept on the device (LRU)."),
@@ -151,7 +152,7 @@ def ask(
         raise RagsoupError(f"--batch-size must be at least 1 (got {batch_size})")
     check_pool(pool)
     weights = check_weighting(weights, pool, temperature)
-    how = dict(pool=pool, weights=weights, temperature=temperature)
+    how = dict(pool=pool, weights=weights, temperature=temperature, extractive=extractive)
     if doc is not None:
         from ragsoup.ask import ask_document
 
@@ -502,6 +503,7 @@ def eval_cmd(
     split: str = typer.Option("all", help="SQuAD: all questions of --data, or the train / val side of ragsoup's by-article split."),
     encoder: Optional[str] = typer.Option(None, help="A separate checkpoint that encodes the passages (decoder-only finetuned models: their OUT/encoder)."),
     passage_chars: Optional[int] = typer.Option(None, "--passage-chars", help="Generated tasks: characters per passage (default: the length the model was trained on)."),
+    extractive: bool = typer.Option(False, "--extractive", help="Decode each answer as a span of its passages: at each step the model's best-scored token that keeps the answer a substring of the passages' text."),
     json_out: bool = typer.Option(False, "--json", help="Print exactly one JSON object."),
 ) -> None:
     """Answer quality alone: each question's gold + distractor passages are given (no retrieval)."""
@@ -525,7 +527,8 @@ def eval_cmd(
         res = run_eval(task, data, k=k, mode=mode, pool=pool, limit=limit, model=model, seed=seed, device=device,
                        batch_size=batch_size, max_new_tokens=max_new_tokens, on_start=on_start, on_batch=on_batch,
                        filler=filler, encoder=encoder, split=split, passage_chars=passage_chars,
-                       weights=weights, temperature=temperature, background_text=background_text)
+                       weights=weights, temperature=temperature, background_text=background_text,
+                       extractive=extractive)
     if json_out:
         _print_json(res.to_json())
         return
@@ -562,6 +565,7 @@ def bench(
     query_batch: Optional[int] = typer.Option(None, "--query-batch", help="Soup: answer this many questions together (one embedding call, one batched decode); latencies become per question."),
     hops: Optional[int] = typer.Option(None, "--hops", help="2: ask's second search for a fact the question does not name (two-hop questions), for soup and concat alike; the sweep starts at k = 2."),
     concat_order: Optional[str] = typer.Option(None, "--concat-order", help="Concat's passage order: best-last (the best-scored passage next to the question; default) or best-first."),
+    extractive: bool = typer.Option(False, "--extractive", help="Decode each answer as a span of its retrieved passages (soup and concat alike): at each step the model's best-scored token that keeps the answer a substring of the passages' text."),
     embedder: Optional[str] = typer.Option(None, help="A local sentence-transformers model directory (default: the bundled all-MiniLM-L6-v2)."),
     passage_chars: Optional[int] = typer.Option(None, "--passage-chars", help="Characters per generated passage (default: the length the model was trained on; ragsoup index chunks at 600)."),
     quick: bool = typer.Option(False, "--quick", help="About a minute on a 2-core CPU: 256 passages, 16 queries, k up to 16."),
@@ -581,7 +585,7 @@ def bench(
                  concat_max_k=concat_max_k, concat_queries=concat_queries, model=model, seed=seed, device=device,
                  max_new_tokens=max_new_tokens, cache_dir=str(cache_dir) if cache_dir else None, query_batch=query_batch,
                  embedder=embedder, passage_chars=passage_chars, data=str(data) if data else None, split=split,
-                 hops=hops, concat_order=concat_order)
+                 hops=hops, concat_order=concat_order, extractive=extractive or None)
     cfg = BenchConfig.quick(**given) if quick else BenchConfig(**{k_: v for k_, v in given.items() if v is not None})
     with _progress() as prog:
         bars: dict[str, int] = {}

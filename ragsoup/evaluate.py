@@ -41,12 +41,14 @@ def soup_state(model: Mamba2LM, tok: Tokenizer, docs: Sequence[str], pool: str =
 def predict(model: Mamba2LM, tok: Tokenizer, examples: Sequence[SoupExample], mode: str = "soup", pool: str = "mean",
             batch_size: int = 16, max_new_tokens: int = 32, max_tokens: int = 1024,
             on_batch: Callable[[int], None] | None = None, encoder: Mamba2LM | None = None,
-            background: States | None = None, weights: Sequence[Tensor] | None = None) -> list[str]:
+            background: States | None = None, weights: Sequence[Tensor] | None = None,
+            extractive: bool = False) -> list[str]:
     """Greedy answers for each example, reading its docs by souping or by concatenation.
 
     ``encoder``: a separate model that encodes the passages (decoder-only finetuning keeps the original one).
     ``background``: the model's background state, for ``pool="centered"``.
     ``weights``: per example, its passages' soup weights [k] (``relevance_weights``); None: equal weights.
+    ``extractive``: each answer is decoded as a span of its example's passages (``generate``'s ``spans_of``).
     """
     out: list[str] = []
     for i in range(0, len(examples), batch_size):
@@ -58,7 +60,8 @@ def predict(model: Mamba2LM, tok: Tokenizer, examples: Sequence[SoupExample], mo
         else:
             states = [concat_states(model, tok, ex.docs, max_tokens) for ex in chunk]
         batched = kvsoup.batch_kv(states) if kvsoup.is_kv_model(model) else batch_states(states)  # KV: pad lengths
-        out += generate(model, tok, batched, [ex.question for ex in chunk], max_new_tokens)
+        out += generate(model, tok, batched, [ex.question for ex in chunk], max_new_tokens,
+                        spans_of=["\n".join(ex.docs) for ex in chunk] if extractive else None)
         if on_batch:
             on_batch(len(chunk))
     return out

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+from functools import lru_cache
 from typing import Sequence
 
 import torch
@@ -16,14 +18,57 @@ def _cast(states: States, dtype: torch.dtype) -> States:
     return [type(s)(*(t.to(dtype) if t.is_floating_point() else t for t in s)) for s in states]
 
 
+# the longest token piece (characters) that extractive decoding follows into the text
+MAX_PIECE_CHARS = 32
+
+
+@lru_cache(maxsize=8)
+def _pieces(tok: Tokenizer) -> tuple[str, ...]:
+    """Each token id's text alone ('' for special tokens and pieces of a UTF-8 character, which cannot be spans)."""
+    out = []
+    for t in range(tok.vocab_size):
+        p = tok.decode([t])
+        out.append("" if "\ufffd" in p else p)
+    return tuple(out)
+
+
+def span_tokens(tok: Tokenizer, text: str, sofar: str) -> tuple[list[int], bool]:
+    """Tokens that extend ``sofar`` (the answer so far, leading spaces dropped) to a span of ``text`` starting at a
+    word's start, and whether <eos> may follow (``sofar`` is non-empty and ends where a word ends)."""
+    if sofar:
+        ends = [m.end() for m in re.finditer(r"(?<!\w)" + re.escape(sofar), text)]
+    else:
+        ends = [m.start() for m in re.finditer(r"(?<!\w)\w", text)]
+    rests = {text[e : e + MAX_PIECE_CHARS] for e in ends}
+    prefixes = {r[:j] for r in rests for j in range(1, len(r) + 1)}
+    can_end = bool(sofar) and any(not r or not (r[0].isalnum() or r[0] == "_") for r in rests)
+    return [t for t, p in enumerate(_pieces(tok)) if p and (p if sofar else p.lstrip()) in prefixes], can_end
+
+
+def _span_choice(logits: torch.Tensor, tok: Tokenizer, sofar: list[int], text: str) -> int:
+    """The best-scored token that keeps the answer a span of ``text`` (<eos> only after a whole word); <eos> once
+    nothing extends it."""
+    pieces = _pieces(tok)
+    answer = "".join(pieces[t] for t in sofar if t < len(pieces)).lstrip()
+    ok, can_end = span_tokens(tok, text, answer)
+    if can_end and torch.isfinite(logits[tok.eos_id]):
+        ok.append(tok.eos_id)
+    if not ok:
+        return tok.eos_id if answer else int(logits.argmax())
+    ok_t = torch.tensor(ok, device=logits.device)
+    return int(ok_t[logits[ok_t].argmax()])
+
+
 @torch.inference_mode()
 def generate(
     model: Mamba2LM, tok: Tokenizer, states: States, questions: Sequence[str], max_new_tokens: int = 32,
-    min_new_tokens: int = 1,
+    min_new_tokens: int = 1, spans_of: Sequence[str] | None = None,
 ) -> list[str]:
     """Greedy answers: run `<q> question <a>` from ``states`` (batch = len(questions)), then step to <eos>.
 
     ``min_new_tokens``: <eos> is not chosen before this many tokens (default 1: an answer is never empty).
+    ``spans_of``: one text per question (its passages); each answer is then the model's best-scored span of its text
+    (extractive decoding: at each step the best-scored token that keeps the answer a substring of the text).
     """
     dtype = model.backbone.embedding.weight.dtype
     states = _cast(states, dtype)
@@ -38,6 +83,9 @@ def generate(
             logits = logits.clone()
             logits[:, tok.eos_id] = float("-inf")
         nxt = logits.argmax(-1)
+        if spans_of is not None:
+            for i in torch.nonzero(~done).flatten().tolist():
+                nxt[i] = _span_choice(logits[i], tok, out[i], spans_of[i])
         done |= nxt == tok.eos_id
         for i in torch.nonzero(~done).flatten().tolist():
             out[i].append(int(nxt[i]))

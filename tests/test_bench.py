@@ -155,6 +155,23 @@ def test_bench_concat_reads_the_best_passage_last_unless_told(tiny_model, quick_
     assert _bench(tiny_model, cache, "--modes", "concat", "--k", "1")["concat_order"] == "best-last"
 
 
+def test_bench_extractive_decodes_spans_of_the_retrieved_passages_in_both_modes(tiny_model, quick_run, monkeypatch):
+    import ragsoup.ask
+    import ragsoup.generate
+
+    _, _, cache = quick_run
+    calls: list[list[str] | None] = []
+    for mod in (ragsoup.ask, ragsoup.generate):  # soup decodes through ask's import, concat through generate's
+        real = mod.generate
+        monkeypatch.setattr(mod, "generate", lambda *a, spans_of=None, _real=real, **kw: (
+            calls.append(spans_of), _real(*a, spans_of=spans_of, **kw))[1])
+    obj = _bench(tiny_model, cache, "--k", "2", "--extractive", "--concat-queries", "1")
+    assert obj["extractive"] is True and {r["mode"] for r in obj["rows"]} == {"soup", "concat"}
+    assert calls and all(c and all(c) for c in calls)  # every decode, soup and concat, got its passages' text
+    calls.clear()
+    assert _bench(tiny_model, cache, "--k", "1")["extractive"] is False and calls and not any(calls)
+
+
 def test_bench_passage_chars_builds_its_own_corpus(tiny_model, tmp_path):
     from ragsoup.tasks.files import read_corpus
 

@@ -220,7 +220,7 @@ def test_index_human_output(model_a, tmp_path):
 def test_ask_human_output(built, monkeypatch):
     # a fixed answer with markup-like brackets: printed literally on the first line
     answer = "Murano [glass] [/] \\"
-    monkeypatch.setattr("ragsoup.ask.generate", lambda model, tok, states, qs, n: [answer] * len(qs))
+    monkeypatch.setattr("ragsoup.ask.generate", lambda model, tok, states, qs, n, **kw: [answer] * len(qs))
     question = DOCS["markup.txt"]  # its passage (with [/] in it) is retrieved and shown in the table
     r = run("ask", question, "--index", built["out"], "--k", "3", *ASK)
     ok(r)
@@ -243,7 +243,8 @@ def test_ask_human_output_with_the_real_decoder(built):
 
 def test_ask_json(built):
     obj = ask_json(built["out"], "Which bridge links Kobe to Awaji Island?", "--k", "3")
-    assert set(obj) == {"question", "answer", "k", "pool", "weights", "hops", "passages", "timings_ms"}
+    assert set(obj) == {"question", "answer", "k", "pool", "weights", "hops", "extractive", "passages", "timings_ms"}
+    assert obj["extractive"] is False
     assert obj["question"] == "Which bridge links Kobe to Awaji Island?"
     assert isinstance(obj["answer"], str) and obj["k"] == 3 and obj["pool"] == "mean"
     assert obj["weights"] == "retrieval"  # the default with mean pooling
@@ -324,6 +325,16 @@ def test_the_second_hop_weighs_the_fact_naming_the_bridge_as_much_as_the_first(m
     engine = Engine(out, device="cpu")
     scores, _, hop, w_scores = engine.retrieve([q], 3, hops=1)
     assert hop.tolist() == [[1, 1, 1]] and np.array_equal(w_scores, scores)  # one hop: the weights' scores are its own
+
+
+def test_ask_extractive_answers_with_a_span_of_its_passages(built, questions_file):
+    obj = ask_json(built["out"], "Which bridge links Kobe to Awaji Island?", "--k", "3", "--extractive",
+                   "--max-new-tokens", "12")
+    assert obj["extractive"] is True and obj["answer"]
+    assert obj["answer"] in "\n".join(p["text"] for p in obj["passages"])
+    r = run("ask", "--questions", str(questions_file), "--index", built["out"], *ASK, "--extractive", "--json")
+    ok(r)
+    assert json.loads(r.stdout)["extractive"] is True
 
 
 def test_retrieval_weights_need_a_pooling_that_takes_them(built):

@@ -14,7 +14,7 @@ from ragsoup.cli import app
 from ragsoup.errors import RagsoupError
 from ragsoup.tasks.files import make_corpus
 
-KEYS = {"task", "mode", "k", "n", "em", "f1", "weights"}
+KEYS = {"task", "mode", "k", "n", "em", "f1", "weights", "extractive"}
 
 
 @pytest.fixture()
@@ -60,6 +60,21 @@ def test_eval_json_on_a_generated_needle_task_is_deterministic(tiny_model):
     assert _json(_run(args)) == first
     concat = _json(_run([*args, "--mode", "concat"]))
     assert concat["mode"] == "concat" and concat["n"] == 5
+
+
+@pytest.mark.parametrize("mode", ["soup", "concat"])
+def test_eval_extractive_decodes_spans_of_each_examples_own_passages(tiny_model, monkeypatch, mode):
+    import ragsoup.evaluate
+    from ragsoup.bench import eval_examples
+
+    seen: list[str] = []
+    real = ragsoup.evaluate.generate
+    monkeypatch.setattr(ragsoup.evaluate, "generate", lambda *a, spans_of=None, **kw: (
+        seen.extend(spans_of or []), real(*a, spans_of=spans_of, **kw))[1])
+    obj = _json(_run(["eval", "--task", "needle", "--k", "3", "--limit", "4", "--model", str(tiny_model), "--device",
+                      "cpu", "--max-new-tokens", "4", "--mode", mode, "--extractive", "--json"]))
+    assert obj["extractive"] is True and obj["n"] == 4
+    assert seen == ["\n".join(ex.docs) for ex in eval_examples("needle", None, 3, 4, 0, 60)]
 
 
 def test_eval_reads_a_make_corpus_directory(tiny_model, tmp_path):
