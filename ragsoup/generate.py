@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import math
 import re
 from functools import lru_cache
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import torch
 
@@ -18,10 +19,6 @@ def _cast(states: States, dtype: torch.dtype) -> States:
     return [type(s)(*(t.to(dtype) if t.is_floating_point() else t for t in s)) for s in states]
 
 
-# the longest token piece (characters) that extractive decoding follows into the text
-MAX_PIECE_CHARS = 32
-
-
 @lru_cache(maxsize=8)
 def _pieces(tok: Tokenizer) -> tuple[str, ...]:
     """Each token id's text alone ('' for special tokens and pieces of a UTF-8 character, which cannot be spans)."""
@@ -32,31 +29,71 @@ def _pieces(tok: Tokenizer) -> tuple[str, ...]:
     return tuple(out)
 
 
+@lru_cache(maxsize=8)
+def _longest(tok: Tokenizer) -> int:
+    """The longest token piece: no token reaches further into a text than this."""
+    return max(map(len, _pieces(tok)))
+
+
+def _word_char(c: str) -> bool:
+    return c.isalnum() or c == "_"
+
+
+class _Spans:
+    """Where an answer so far (leading spaces dropped) may go next in ``text``: the rule extractive decoding keeps."""
+
+    def __init__(self, text: str, sofar: str, longest: int) -> None:
+        self.text, self.sofar = text, sofar
+        ends = [m.end() for m in re.finditer(r"(?<!\w)" + re.escape(sofar), text)] if sofar else []
+        self.rests = {text[e : e + longest] for e in ends}  # what follows each place the answer starts a word
+        self.can_end = any(not r or not _word_char(r[0]) for r in self.rests)  # <eos>: the answer ends a word there
+
+    def allows(self, piece: str) -> bool:
+        """Whether the answer followed by ``piece`` is still a span starting at a word's start."""
+        if self.sofar:
+            return bool(piece) and any(r.startswith(piece) for r in self.rests)
+        word = piece.lstrip()
+        i = self.text.find(word) if word else -1
+        while i > 0 and _word_char(self.text[i - 1]):
+            i = self.text.find(word, i + 1)
+        return i >= 0
+
+
 def span_tokens(tok: Tokenizer, text: str, sofar: str) -> tuple[list[int], bool]:
     """Tokens that extend ``sofar`` (the answer so far, leading spaces dropped) to a span of ``text`` starting at a
     word's start, and whether <eos> may follow (``sofar`` is non-empty and ends where a word ends)."""
-    if sofar:
-        ends = [m.end() for m in re.finditer(r"(?<!\w)" + re.escape(sofar), text)]
-    else:
-        ends = [m.start() for m in re.finditer(r"(?<!\w)\w", text)]
-    rests = {text[e : e + MAX_PIECE_CHARS] for e in ends}
-    prefixes = {r[:j] for r in rests for j in range(1, len(r) + 1)}
-    can_end = bool(sofar) and any(not r or not (r[0].isalnum() or r[0] == "_") for r in rests)
-    return [t for t, p in enumerate(_pieces(tok)) if p and (p if sofar else p.lstrip()) in prefixes], can_end
+    pieces = _pieces(tok)
+    spans = _Spans(text, sofar, _longest(tok))
+    return [t for t, p in enumerate(pieces) if spans.allows(p)], spans.can_end
+
+
+def _best_first(logits: torch.Tensor, first: int = 16) -> Iterator[int]:
+    """Token ids by falling score, -inf ones left out: the top ``first`` (usually enough), then the rest, sorted."""
+    top = logits.topk(min(first, logits.numel()))
+    for v, t in zip(top.values.tolist(), top.indices.tolist()):
+        if not math.isfinite(v):
+            return
+        yield t
+    vals, ids = logits.sort(descending=True)
+    for v, t in zip(vals.tolist()[first:], ids.tolist()[first:]):
+        if not math.isfinite(v):
+            return
+        yield t
 
 
 def _span_choice(logits: torch.Tensor, tok: Tokenizer, sofar: list[int], text: str) -> int:
     """The best-scored token that keeps the answer a span of ``text`` (<eos> only after a whole word); <eos> once
-    nothing extends it."""
+    nothing extends it. Tokens are tried best first, so a confident model costs a check or two per step."""
     pieces = _pieces(tok)
     answer = "".join(pieces[t] for t in sofar if t < len(pieces)).lstrip()
-    ok, can_end = span_tokens(tok, text, answer)
-    if can_end and torch.isfinite(logits[tok.eos_id]):
-        ok.append(tok.eos_id)
-    if not ok:
-        return tok.eos_id if answer else int(logits.argmax())
-    ok_t = torch.tensor(ok, device=logits.device)
-    return int(ok_t[logits[ok_t].argmax()])
+    spans = _Spans(text, answer, _longest(tok))
+    for t in _best_first(logits):
+        if t == tok.eos_id:
+            if spans.can_end:
+                return t
+        elif t < len(pieces) and spans.allows(pieces[t]):
+            return t
+    return tok.eos_id if answer else int(logits.argmax())
 
 
 @torch.inference_mode()
