@@ -755,6 +755,9 @@ def test_ask_doc_soups_every_segment(model_a, tmp_path):
     even = one_json(run("ask", "What is in the document?", "--doc", str(doc), "--model", str(model_a),
                         "--chunk-chars", "60", "--weights", "uniform", "--json"))
     assert len({p["weight"] for p in even["passages"]}) == 1 and len(set(w.values())) > 1
+    spans = one_json(run("ask", "What is in the document?", "--doc", str(doc), "--model", str(model_a),
+                         "--chunk-chars", "60", "--extractive", "--max-new-tokens", "8", "--json"))
+    assert spans["extractive"] is True and spans["answer"] and spans["answer"] in doc.read_text()
 
 
 def test_ask_doc_missing_file_is_one_error_line(model_a, tmp_path):
