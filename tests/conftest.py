@@ -10,8 +10,9 @@ from ragsoup.model import Mamba2Config, Mamba2LM
 from ragsoup.tokenizer import ByteTokenizer
 
 
-@pytest.fixture(autouse=True, scope="session")
+@pytest.fixture(autouse=True)
 def _one_thread():
+    """Per test, since a CLI test run in-process may set its own thread count (--threads)."""
     old = torch.get_num_threads()
     torch.set_num_threads(1)
     yield

@@ -27,14 +27,6 @@ TEXTS = [
 ]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: one intra-op thread is far faster than two contending ones on a busy machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 def _model(tie: bool = True, vocab: int = 264, seed: int = 0) -> Mamba2LM:
     torch.manual_seed(seed)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import pytest
 import torch
 
 from ragsoup.evaluate import predict, soup_state
@@ -13,13 +12,6 @@ from ragsoup.tokenizer import ByteTokenizer
 
 TEXT = "Poustead is the capital of Trikedistan. Quoustead is far."
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def _model() -> Mamba2LM:

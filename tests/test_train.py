@@ -20,14 +20,6 @@ from ragsoup.train import TrainConfig, k_for_step, loss_on_batch, lr_at, make_ba
 MODEL = dict(d_model=32, n_layer=2, d_state=8, headdim=16, chunk_size=8)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: one intra-op thread is far faster than two contending ones on a busy machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 def _cfg(**kw) -> TrainConfig:
     base = dict(
