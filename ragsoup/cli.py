@@ -160,19 +160,26 @@ def ask(
             raise RagsoupError("--hops applies to an index; --doc soups every segment of the document")
         res = ask_document(doc, question or "", model=model, chunk_chars=chunk_chars, max_new_tokens=max_new_tokens,
                            device=device, **how)
-        _render_answer(res, json_out, title=f"{res.k} segments of {doc}, {_souped(res.pool, weights, temperature)}")
+        _render_answer(res, json_out, title=f"{res.k} segments of {doc}, {_souped(res.pool, weights, temperature)}"
+                                            f"{_spans(extractive)}")
         return
     engine = Engine(index_dir, model=model, device=device, cache_mb=cache_mb, background=background)
     if questions is not None:
         _ask_file(engine, questions, k, {**how, "hops": hops}, max_new_tokens, json_out, batch_size)
         return
     res = engine.ask(question, k=k, max_new_tokens=max_new_tokens, hops=hops, **how)
-    _render_answer(res, json_out, title=f"top-{res.k} passages{_hops(hops)}, {_souped(res.pool, weights, temperature)}")
+    _render_answer(res, json_out, title=f"top-{res.k} passages{_hops(hops)}, {_souped(res.pool, weights, temperature)}"
+                                        f"{_spans(extractive)}")
 
 
 def _hops(hops: int) -> str:
     """Retrieval hops, for titles."""
     return " in 2 hops" if hops == 2 else ""
+
+
+def _spans(extractive: bool) -> str:
+    """Extractive decoding, for titles."""
+    return ", answers decoded as spans of the passages" if extractive else ""
 
 
 def _souped(pool: str, weights: str, temperature: float) -> str:
@@ -216,7 +223,7 @@ def _ask_file(engine, path: Path, k: int, how: dict, max_new_tokens: int, json_o
     qs = read_questions(path)
     rows, em_sum, f1_sum = [], 0.0, 0.0
     table = Table(title=escape(f"{len(qs)} questions from {path}: top-{k}{_hops(how['hops'])}, "
-                               f"{_souped(how['pool'], how['weights'], how['temperature'])}"))
+                               f"{_souped(how['pool'], how['weights'], how['temperature'])}{_spans(how['extractive'])}"))
     for col in ("question", "expected", "answer", "ok"):
         table.add_column(col)
     results = []
@@ -532,7 +539,7 @@ def eval_cmd(
     if json_out:
         _print_json(res.to_json())
         return
-    table = Table(title="given passages, no retrieval")
+    table = Table(title=f"given passages, no retrieval{_spans(res.extractive)}")
     for col in ("task", "mode", "k", "pool", "weights", "n", "EM", "F1"):
         table.add_column(col, justify="right" if col in ("k", "n", "EM", "F1") else "left")
     table.add_row(res.task, res.mode, str(res.k), pool if res.mode == "soup" else "-",
@@ -606,7 +613,7 @@ def bench(
         return
     fmt = lambda v, f="{:.1f}": "-" if v is None else f.format(v)  # noqa: E731
     table = Table(title=f"{res.task}: {res.n_passages} passages of ~{res.passage_chars} characters, {res.device}, "
-                        f"pool {cfg.pool}{_hops(res.hops)}")
+                        f"pool {cfg.pool}{_hops(res.hops)}{_spans(res.extractive)}")
     for c in ("mode", "k", "n", "EM", "F1", "R@k", "p50 ms", "p95 ms", "peak MB", "state MB/q"):
         table.add_column(c, justify="left" if c == "mode" else "right")
     for r in res.rows:

@@ -335,6 +335,11 @@ def test_ask_extractive_answers_with_a_span_of_its_passages(built, questions_fil
     r = run("ask", "--questions", str(questions_file), "--index", built["out"], *ASK, "--extractive", "--json")
     ok(r)
     assert json.loads(r.stdout)["extractive"] is True
+    for args in (("Which bridge links Kobe to Awaji Island?",), ("--questions", str(questions_file))):
+        human = run("ask", *args, "--index", built["out"], *ASK, "--extractive")
+        ok(human)
+        assert "answers decoded as spans of the passages" in flat(human.stdout)
+    assert "spans of the passages" not in flat(run("ask", "tea", "--index", built["out"], *ASK).stdout)
 
 
 def test_retrieval_weights_need_a_pooling_that_takes_them(built):
