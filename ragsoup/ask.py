@@ -175,7 +175,7 @@ class Engine:
         if self.device == "cuda":
             torch.cuda.synchronize()
         t2 = time.perf_counter()
-        spans_of = (["\n".join(self.passages[r].text for r in row if r >= 0) for row in rows.tolist()]
+        spans_of = ([[self.passages[r].text for r in row if r >= 0] for row in rows.tolist()]
                     if extractive else None)
         answers = generate(self.loaded.model, self.loaded.tokenizer, states, questions, max_new_tokens,
                            spans_of=spans_of)
@@ -248,7 +248,7 @@ def ask_document(
     states = soup_state(loaded.model, loaded.tokenizer, segments, pool, background=model_background(loaded), weights=w)
     t1 = time.perf_counter()
     answer = generate(loaded.model, loaded.tokenizer, states, [question], max_new_tokens,
-                      spans_of=["\n".join(segments)] if extractive else None)[0]
+                      spans_of=[segments] if extractive else None)[0]
     t2 = time.perf_counter()
     passages = [{"id": f"{path.name}#{i}", "score": round(float(sc), 4), "weight": wt, "hop": 1, "text": s,
                  "title": path.name, "source": str(path)}

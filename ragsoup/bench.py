@@ -581,7 +581,7 @@ def _ask_concat(engine: Any, question: str, k: int, max_new_tokens: int, hops: i
     states = concat_states(model, tok, texts, engine.manifest.max_tokens)
     _sync(engine.device)
     t2 = time.perf_counter()
-    answer = generate(model, tok, states, [question], max_new_tokens, spans_of=["\n".join(texts)] if extractive else None)[0]
+    answer = generate(model, tok, states, [question], max_new_tokens, spans_of=[texts] if extractive else None)[0]
     _sync(engine.device)
     t3 = time.perf_counter()
     ms = lambda a, b: (b - a) * 1000  # noqa: E731

@@ -61,7 +61,7 @@ def predict(model: Mamba2LM, tok: Tokenizer, examples: Sequence[SoupExample], mo
             states = [concat_states(model, tok, ex.docs, max_tokens) for ex in chunk]
         batched = kvsoup.batch_kv(states) if kvsoup.is_kv_model(model) else batch_states(states)  # KV: pad lengths
         out += generate(model, tok, batched, [ex.question for ex in chunk], max_new_tokens,
-                        spans_of=["\n".join(ex.docs) for ex in chunk] if extractive else None)
+                        spans_of=[ex.docs for ex in chunk] if extractive else None)
         if on_batch:
             on_batch(len(chunk))
     return out

@@ -35,6 +35,11 @@ def _longest(tok: Tokenizer) -> int:
     return max(map(len, _pieces(tok)))
 
 
+# joins a question's passages into one text for extractive decoding; no span may hold it (_Spans.allows), so an
+# answer never runs from one passage into the next
+PASSAGE_SEP = "\x1e"
+
+
 def _word_char(c: str) -> bool:
     return c.isalnum() or c == "_"
 
@@ -50,6 +55,8 @@ class _Spans:
 
     def allows(self, piece: str) -> bool:
         """Whether the answer followed by ``piece`` is still a span starting at a word's start."""
+        if PASSAGE_SEP in piece:
+            return False
         if self.sofar:
             return bool(piece) and any(r.startswith(piece) for r in self.rests)
         word = piece.lstrip()
@@ -99,13 +106,13 @@ def _span_choice(logits: torch.Tensor, tok: Tokenizer, sofar: list[int], text: s
 @torch.inference_mode()
 def generate(
     model: Mamba2LM, tok: Tokenizer, states: States, questions: Sequence[str], max_new_tokens: int = 32,
-    min_new_tokens: int = 1, spans_of: Sequence[str] | None = None,
+    min_new_tokens: int = 1, spans_of: Sequence[Sequence[str]] | None = None,
 ) -> list[str]:
     """Greedy answers: run `<q> question <a>` from ``states`` (batch = len(questions)), then step to <eos>.
 
     ``min_new_tokens``: <eos> is not chosen before this many tokens (default 1: an answer is never empty).
-    ``spans_of``: one text per question (its passages); each answer is then the model's best-scored span of its text
-    (extractive decoding: at each step the best-scored token that keeps the answer a substring of the text).
+    ``spans_of``: each question's passages; each answer is then the model's best-scored span of one of them
+    (extractive decoding: at each step the best-scored token that keeps the answer a substring of a passage).
     """
     dtype = model.backbone.embedding.weight.dtype
     states = _cast(states, dtype)
@@ -115,14 +122,15 @@ def generate(
     logits = model.lm_head(last)
     out: list[list[int]] = [[] for _ in questions]
     done = torch.zeros(len(questions), dtype=torch.bool, device=h.device)
+    texts = None if spans_of is None else [PASSAGE_SEP.join(p) for p in spans_of]
     for t in range(max_new_tokens):
         if t < min_new_tokens:
             logits = logits.clone()
             logits[:, tok.eos_id] = float("-inf")
         nxt = logits.argmax(-1)
-        if spans_of is not None:
+        if texts is not None:
             for i in torch.nonzero(~done).flatten().tolist():
-                nxt[i] = _span_choice(logits[i], tok, out[i], spans_of[i])
+                nxt[i] = _span_choice(logits[i], tok, out[i], texts[i])
         done |= nxt == tok.eos_id
         for i in torch.nonzero(~done).flatten().tolist():
             out[i].append(int(nxt[i]))

@@ -74,7 +74,7 @@ def test_eval_extractive_decodes_spans_of_each_examples_own_passages(tiny_model,
     obj = _json(_run(["eval", "--task", "needle", "--k", "3", "--limit", "4", "--model", str(tiny_model), "--device",
                       "cpu", "--max-new-tokens", "4", "--mode", mode, "--extractive", "--json"]))
     assert obj["extractive"] is True and obj["n"] == 4
-    assert seen == ["\n".join(ex.docs) for ex in eval_examples("needle", None, 3, 4, 0, 60)]
+    assert seen == [ex.docs for ex in eval_examples("needle", None, 3, 4, 0, 60)]
 
 
 def test_eval_reads_a_make_corpus_directory(tiny_model, tmp_path):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from ragsoup.evaluate import predict, soup_state
-from ragsoup.generate import generate, span_tokens
+from ragsoup.generate import PASSAGE_SEP, generate, span_tokens
 from ragsoup.model import Mamba2Config, Mamba2LM
 from ragsoup.tasks import generate_example
 from ragsoup.tokenizer import ByteTokenizer
@@ -55,12 +55,16 @@ def test_extractive_decoding_takes_the_best_scored_span():
     m.lm_head = _Ranking(m.cfg.vocab_size, ranked)
     st = soup_state(m, tok, [TEXT])
     assert generate(m, tok, st, ["Where?"], max_new_tokens=8) == ["k" * 8]  # free decoding: the top token
-    assert generate(m, tok, st, ["Where?"], max_new_tokens=20, spans_of=[TEXT]) == ["Trikedistan"]
+    assert generate(m, tok, st, ["Where?"], max_new_tokens=20, spans_of=[[TEXT]]) == ["Trikedistan"]
     # <eos> only where a word ends: "Trike" alone is never an answer, however high <eos> ranks
     m.lm_head = _Ranking(m.cfg.vocab_size, [tok.eos_id] + tok.encode("Trikedistn"))
-    assert generate(m, tok, st, ["Where?"], max_new_tokens=20, spans_of=[TEXT]) == ["Trikedistan"]
+    assert generate(m, tok, st, ["Where?"], max_new_tokens=20, spans_of=[[TEXT]]) == ["Trikedistan"]
     # when the text ends mid-word the answer stops there instead of leaving it
-    assert generate(m, tok, st, ["Where?"], max_new_tokens=20, spans_of=["Trike"]) == ["Trike"]
+    assert generate(m, tok, st, ["Where?"], max_new_tokens=20, spans_of=[["Trike"]]) == ["Trike"]
+    # nor into the next passage, whatever token would join them
+    m.lm_head = _Ranking(m.cfg.vocab_size, tok.encode(PASSAGE_SEP + "\nTrikedistn ") + [tok.eos_id])
+    assert generate(m, tok, st, ["Where?"], max_new_tokens=20, spans_of=[["Tri", "kedistan"]]) == ["Tri"]
+    assert generate(m, tok, st, ["Where?"], max_new_tokens=20, spans_of=[["Tri kedistan"]]) == ["Tri kedistan"]
 
 
 def test_extractive_answers_of_a_random_model_are_spans_of_their_own_passages():
