@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import re
 from functools import lru_cache
 from typing import Iterator, Sequence
 
@@ -44,12 +43,21 @@ def _word_char(c: str) -> bool:
     return c.isalnum() or c == "_"
 
 
+def _at_word_starts(text: str, s: str) -> Iterator[int]:
+    """Every index where ``s`` (non-empty) occurs in ``text`` starting a word, in order."""
+    i = text.find(s)
+    while i >= 0:
+        if i == 0 or not _word_char(text[i - 1]):
+            yield i
+        i = text.find(s, i + 1)
+
+
 class _Spans:
     """Where an answer so far (leading spaces dropped) may go next in ``text``: the rule extractive decoding keeps."""
 
     def __init__(self, text: str, sofar: str, longest: int) -> None:
         self.text, self.sofar = text, sofar
-        ends = [m.end() for m in re.finditer(r"(?<!\w)" + re.escape(sofar), text)] if sofar else []
+        ends = [i + len(sofar) for i in _at_word_starts(text, sofar)] if sofar else []
         self.rests = {text[e : e + longest] for e in ends}  # what follows each place the answer starts a word
         self.can_end = any(not r or not _word_char(r[0]) for r in self.rests)  # <eos>: the answer ends a word there
 
@@ -60,10 +68,7 @@ class _Spans:
         if self.sofar:
             return bool(piece) and any(r.startswith(piece) for r in self.rests)
         word = piece.lstrip()
-        i = self.text.find(word) if word else -1
-        while i > 0 and _word_char(self.text[i - 1]):
-            i = self.text.find(word, i + 1)
-        return i >= 0
+        return bool(word) and next(_at_word_starts(self.text, word), None) is not None
 
 
 def span_tokens(tok: Tokenizer, text: str, sofar: str) -> tuple[list[int], bool]:
