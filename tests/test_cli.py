@@ -815,3 +815,29 @@ def test_index_and_bench_take_a_local_embedder_directory(tmp_path):
         r = run(*args, "--embedder", missing)
         assert r.exit_code == 1, r.output
         assert "no-such-embedder" in flat(r.output) and "Traceback" not in r.output
+
+
+@pytest.mark.parametrize("script", ["train_default.sh", "train_quick.sh", "train_hour.sh"])
+def test_training_recipes_parse_and_each_stage_starts_from_the_last(script):
+    """Every `ragsoup train` line of a CPU recipe parses, names a preset, and (after the first) inits from the stage before."""
+    import shlex
+    from pathlib import Path
+
+    import typer
+
+    from ragsoup.cli import app
+    from ragsoup.train import PRESETS
+
+    text = (Path(__file__).resolve().parents[1] / "benchmarks" / script).read_text().replace("\\\n", " ")
+    text = re.sub(r"\$\{?threads\}?", "2", re.sub(r"\$\{?out\}?", "runs/recipe", text))
+    lines = [ln.split("#")[0] for ln in text.splitlines() if ln.strip().startswith("ragsoup train")]
+    assert len(lines) >= 3, script
+    train_cmd = typer.main.get_command(app).commands["train"]
+    prev_out = None
+    for line in lines:
+        ctx = train_cmd.make_context("train", shlex.split(line)[2:])  # unknown options or bad values raise
+        preset = PRESETS[ctx.params["preset"]]
+        out = ctx.params["out"] or preset["out"]
+        init = ctx.params["init"] or preset.get("init")
+        assert init == (None if prev_out is None else f"{prev_out}/last"), (script, line)
+        prev_out = out
