@@ -27,7 +27,6 @@ TEXTS = [
 ]
 
 
-
 def _model(tie: bool = True, vocab: int = 264, seed: int = 0) -> Mamba2LM:
     torch.manual_seed(seed)
     return Mamba2LM(Mamba2Config(vocab_size=vocab, tie_embeddings=tie, **TINY)).eval()

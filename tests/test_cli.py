@@ -778,21 +778,23 @@ def test_default_index_dir_is_named_after_the_corpus(tmp_path):
     assert default_index_dir(tmp_path / "squad.json.gz") == Path("indexes/squad")
 
 
+def _train_command():
+    """The click command behind `ragsoup train`: its make_context parses a command line without running it."""
+    import typer
+
+    return typer.main.get_command(app).commands["train"]
+
+
 def test_ablation_arms_print_train_commands_the_cli_accepts():
     """benchmarks/ablations.py prints each arm's `ragsoup train` line; every flag in it must be a real option."""
     import importlib.util
     import shlex
-    from pathlib import Path
-
-    import typer
-
-    from ragsoup.cli import app
 
     path = Path(__file__).resolve().parents[1] / "benchmarks" / "ablations.py"
     spec = importlib.util.spec_from_file_location("ablations", path)
     abl = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(abl)
-    train_cmd = typer.main.get_command(app).commands["train"]
+    train_cmd = _train_command()
     known = {opt for p in train_cmd.params for opt in p.opts}
     for arm, cfg in abl.ARMS.items():
         words = shlex.split(abl.command(arm, {**abl.BUDGET, **cfg}))
@@ -821,18 +823,14 @@ def test_index_and_bench_take_a_local_embedder_directory(tmp_path):
 def test_training_recipes_parse_and_each_stage_starts_from_the_last(script):
     """Every `ragsoup train` line of a CPU recipe parses, names a preset, and (after the first) inits from the stage before."""
     import shlex
-    from pathlib import Path
 
-    import typer
-
-    from ragsoup.cli import app
     from ragsoup.train import PRESETS
 
     text = (Path(__file__).resolve().parents[1] / "benchmarks" / script).read_text().replace("\\\n", " ")
     text = re.sub(r"\$\{?threads\}?", "2", re.sub(r"\$\{?out\}?", "runs/recipe", text))
     lines = [ln.split("#")[0] for ln in text.splitlines() if ln.strip().startswith("ragsoup train")]
     assert len(lines) >= 3, script
-    train_cmd = typer.main.get_command(app).commands["train"]
+    train_cmd = _train_command()
     prev_out = None
     for line in lines:
         ctx = train_cmd.make_context("train", shlex.split(line)[2:])  # unknown options or bad values raise

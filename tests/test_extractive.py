@@ -13,7 +13,6 @@ from ragsoup.tokenizer import ByteTokenizer
 TEXT = "Poustead is the capital of Trikedistan. Quoustead is far."
 
 
-
 def _model() -> Mamba2LM:
     torch.manual_seed(0)
     return Mamba2LM(Mamba2Config(vocab_size=264, d_model=32, n_layer=2, d_state=8, headdim=16, chunk_size=8)).eval()

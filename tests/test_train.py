@@ -20,7 +20,6 @@ from ragsoup.train import TrainConfig, k_for_step, loss_on_batch, lr_at, make_ba
 MODEL = dict(d_model=32, n_layer=2, d_state=8, headdim=16, chunk_size=8)
 
 
-
 def _cfg(**kw) -> TrainConfig:
     base = dict(
         out="unused", tasks="needle:1", tokenizer="bytes", passage_chars=80, ckpt_group=2, k_min=2, k_max=3,
@@ -100,7 +99,6 @@ def test_gradients_flow_through_the_encoder_unless_frozen(monkeypatch):
     # weights that act only after the last layer's state is formed cannot get gradient from the encoder
     for n in ("backbone.norm_f.weight", "backbone.layers.1.mixer.out_proj.weight", "backbone.layers.1.mixer.D"):
         assert diff[n] == 0.0, (n, diff[n])
-
 
 
 def test_decoder_loss_depends_on_the_pooled_state(monkeypatch):
