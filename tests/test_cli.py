@@ -778,11 +778,11 @@ def test_default_index_dir_is_named_after_the_corpus(tmp_path):
     assert default_index_dir(tmp_path / "squad.json.gz") == Path("indexes/squad")
 
 
-def _train_command():
-    """The click command behind `ragsoup train`: its make_context parses a command line without running it."""
+def _cli_command(name: str = "train"):
+    """The click command behind `ragsoup NAME`: its make_context parses a command line without running it."""
     import typer
 
-    return typer.main.get_command(app).commands["train"]
+    return typer.main.get_command(app).commands[name]
 
 
 def test_ablation_arms_print_train_commands_the_cli_accepts():
@@ -794,7 +794,7 @@ def test_ablation_arms_print_train_commands_the_cli_accepts():
     spec = importlib.util.spec_from_file_location("ablations", path)
     abl = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(abl)
-    train_cmd = _train_command()
+    train_cmd = _cli_command()
     known = {opt for p in train_cmd.params for opt in p.opts}
     for arm, cfg in abl.ARMS.items():
         words = shlex.split(abl.command(arm, {**abl.BUDGET, **cfg}))
@@ -830,7 +830,7 @@ def test_training_recipes_parse_and_each_stage_starts_from_the_last(script):
     text = re.sub(r"\$\{?threads\}?", "2", re.sub(r"\$\{?out\}?", "runs/recipe", text))
     lines = [ln.split("#")[0] for ln in text.splitlines() if ln.strip().startswith("ragsoup train")]
     assert len(lines) >= 3, script
-    train_cmd = _train_command()
+    train_cmd = _cli_command()
     prev_out = None
     for line in lines:
         ctx = train_cmd.make_context("train", shlex.split(line)[2:])  # unknown options or bad values raise
@@ -839,3 +839,19 @@ def test_training_recipes_parse_and_each_stage_starts_from_the_last(script):
         init = ctx.params["init"] or preset.get("init")
         assert init == (None if prev_out is None else f"{prev_out}/last"), (script, line)
         prev_out = out
+
+
+def test_eval_hour_cells_parse_and_have_unique_names():
+    """Every `cell NAME OPTIONS` line of benchmarks/eval_hour.sh is a valid `ragsoup eval` command line."""
+    import shlex
+
+    text = (Path(__file__).resolve().parents[1] / "benchmarks" / "eval_hour.sh").read_text()
+    text = re.sub(r'"?\$\{?(M|threads|prose)\}?"?', "x", text)
+    cells = [shlex.split(ln) for ln in text.splitlines() if ln.startswith("cell ")]
+    assert len(cells) >= 10
+    names = [c[1] for c in cells]
+    assert len(set(names)) == len(names)
+    eval_cmd = _cli_command("eval")
+    for words in cells:
+        ctx = eval_cmd.make_context("eval", ["--model", "x", "--json", *words[2:]])  # unknown options raise
+        assert ctx.params["task"] and ctx.params["limit"] > 0, words
