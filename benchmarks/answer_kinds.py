@@ -18,6 +18,7 @@ import torch
 from ragsoup.background import model_background
 from ragsoup.checkpoint import load_model
 from ragsoup.evaluate import predict
+from ragsoup.metrics import best_em_f1
 from ragsoup.tasks import generate_example
 
 
@@ -30,7 +31,10 @@ def answer_kinds(model: str, task: str, k: int, n: int, seed: int) -> dict:
     kinds = {"right": 0, "another_value": 0, "in_no_passage": 0}
     for ex, pred in zip(examples, preds):
         values = set(re.findall(r"\d+", " ".join(ex.docs)))
-        kind = "right" if pred.strip() == ex.answer else "another_value" if pred.strip() in values else "in_no_passage"
+        if best_em_f1(pred, ex.answers)[0]:  # right as `ragsoup eval` scores it
+            kind = "right"
+        else:
+            kind = "another_value" if pred.strip() in values else "in_no_passage"
         kinds[kind] += 1
     return {"model": model, "task": task, "k": k, "n": n, "seed": seed, **kinds}
 

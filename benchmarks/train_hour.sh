@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The one-hour recipe for a model that does everything the shipped one does (docs/models.md, "One hour on a CPU"):
+# The one-hour recipe for a model that does everything the shipped one does (docs/models.md, "Both skills in 58 minutes"):
 # 1. stage 1 of the shipped recipe (from scratch, k 1->64, needle + distractor + two-hop), with the filler-state bank
 #    from the start: above k = 8 the extra passages are bank states, so the large-k steps cost what k = 8 costs;
 # 2. chaining two facts: stage 5's task mix (two-hop 4 : needle 1 : distractor 1) at k 2-4, two runs of 2,400 steps

@@ -778,7 +778,7 @@ def test_default_index_dir_is_named_after_the_corpus(tmp_path):
     assert default_index_dir(tmp_path / "squad.json.gz") == Path("indexes/squad")
 
 
-def _cli_command(name: str = "train"):
+def _cli_command(name: str):
     """The click command behind `ragsoup NAME`: its make_context parses a command line without running it."""
     import typer
 
@@ -794,7 +794,7 @@ def test_ablation_arms_print_train_commands_the_cli_accepts():
     spec = importlib.util.spec_from_file_location("ablations", path)
     abl = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(abl)
-    train_cmd = _cli_command()
+    train_cmd = _cli_command("train")
     known = {opt for p in train_cmd.params for opt in p.opts}
     for arm, cfg in abl.ARMS.items():
         words = shlex.split(abl.command(arm, {**abl.BUDGET, **cfg}))
@@ -830,7 +830,7 @@ def test_training_recipes_parse_and_each_stage_starts_from_the_last(script):
     text = re.sub(r"\$\{?threads\}?", "2", re.sub(r"\$\{?out\}?", "runs/recipe", text))
     lines = [ln.split("#")[0] for ln in text.splitlines() if ln.strip().startswith("ragsoup train")]
     assert len(lines) >= 3, script
-    train_cmd = _cli_command()
+    train_cmd = _cli_command("train")
     prev_out = None
     for line in lines:
         ctx = train_cmd.make_context("train", shlex.split(line)[2:])  # unknown options or bad values raise
