@@ -311,6 +311,23 @@ def test_twohop_bridge_names_the_city_then_the_country() -> None:
     assert final_answer("Soferary") == "Soferary"  # answers without a bridge pass through
 
 
+def test_twohop_sub_questions_ask_each_hop_then_the_distractor_chains() -> None:
+    for seed, k in [(0, 1), (1, 2), (2, 5), (3, 8)]:
+        plain = twohop_example(random.Random(seed), k)
+        sub = generate_example("two-hop-sub", random.Random(seed), k)
+        assert (sub.docs, sub.question, sub.answer, sub.gold) == (plain.docs, plain.question, plain.answer, plain.gold)
+        assert plain.extra == []
+        (q1, city), (q2, country) = sub.extra[:2]
+        person = re.match(r"In which country (?:was|does) (\w+ \w+) ", sub.question).group(1)
+        assert q1.startswith("In which city ") and person in q1 and q2 == f"In which country is {city}?"
+        assert country == sub.answer
+        assert any(re.search(re.escape(person) + r" (?:was born|works|lives) in " + city + r"\.", d) for d in sub.docs)
+        # the other extras are the complete distractor chains' own two-hop questions, answered in the passages
+        assert len(sub.extra) == 2 + (k - 2) // 2 if k >= 2 else len(sub.extra) == 2
+        for q, a in sub.extra[2:]:
+            assert q.startswith("In which country ") and q != sub.question and any(a in d for d in sub.docs)
+
+
 def test_twohop_single_passage() -> None:
     for seed in range(10):
         ex = twohop_example(random.Random(seed), 1)

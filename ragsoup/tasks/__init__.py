@@ -14,7 +14,8 @@ from ragsoup.tasks.needle import make_needle_corpus, needle_example
 from ragsoup.tasks.twohop import make_twohop_corpus, twohop_example
 
 TASKS: tuple[str, ...] = (
-    "needle", "needle-multikey", "needle-distractor", "needle-multivalue", "two-hop", "two-hop-bridge", "longdoc", "longdoc-multifact",
+    "needle", "needle-multikey", "needle-distractor", "needle-multivalue", "two-hop", "two-hop-sub", "two-hop-bridge",
+    "longdoc", "longdoc-multifact",
 )
 
 _GENERATORS: dict[str, Callable[..., SoupExample]] = {
@@ -23,6 +24,7 @@ _GENERATORS: dict[str, Callable[..., SoupExample]] = {
     "needle-distractor": lambda rng, k, **kw: needle_example(rng, k, variant="distractor", **kw),
     "needle-multivalue": lambda rng, k, **kw: needle_example(rng, k, variant="multivalue", **kw),
     "two-hop": twohop_example,
+    "two-hop-sub": lambda rng, k, **kw: twohop_example(rng, k, sub_questions=True, **kw),
     "two-hop-bridge": lambda rng, k, **kw: twohop_example(rng, k, bridge=True, **kw),
     "longdoc": lambda rng, k, **kw: longdoc_example(rng, k, n_facts=1, **kw),
     "longdoc-multifact": lambda rng, k, **kw: longdoc_example(rng, k, n_facts=4, **kw),

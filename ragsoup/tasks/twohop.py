@@ -36,6 +36,13 @@ PERSON_RELATIONS: dict[str, tuple[str, str]] = {
     "works in": ("{person} works in {city}.", "In which country does {person} work?"),
     "lives in": ("{person} lives in {city}.", "In which country does {person} live?"),
 }
+# relation -> the first hop asked on its own (answer: the city); training's extra questions (task two-hop-sub)
+CITY_QUESTIONS: dict[str, str] = {
+    "born in": "In which city was {person} born?",
+    "works in": "In which city does {person} work?",
+    "lives in": "In which city does {person} live?",
+}
+COUNTRY_QUESTION = "In which country is {city}?"  # the second hop asked on its own (answer: the country)
 CITY_RELATIONS: dict[str, str] = {
     "capital of": "{city} is the capital of {country}.",
     "located in": "{city} is located in {country}.",
@@ -71,6 +78,12 @@ class Chain:
         """The question whose answer is the country."""
         return PERSON_RELATIONS[self.person_relation][1].format(person=self.person)
 
+    @property
+    def hop_questions(self) -> list[tuple[str, str]]:
+        """Each hop asked on its own: (question, city) for the first, (question, country) for the second."""
+        return [(CITY_QUESTIONS[self.person_relation].format(person=self.person), self.city),
+                (COUNTRY_QUESTION.format(city=self.city), self.country)]
+
 
 class _World:
     """Draws chains whose names are unique within one example or corpus."""
@@ -100,16 +113,18 @@ class _World:
         return rng.choice([s for s in options if self.names.can_end_with(s)])
 
 
-def _distractor_facts(rng: random.Random, world: _World, n: int) -> list[str]:
-    """Return n distractor facts: complete chains in pairs, plus one lone fact when n is odd."""
+def _distractors(rng: random.Random, world: _World, n: int) -> tuple[list[str], list[Chain]]:
+    """n distractor facts (complete chains in pairs, plus one lone fact when n is odd) and the complete chains."""
     facts: list[str] = []
+    chains: list[Chain] = []
     while len(facts) + 2 <= n:
         c = world.chain(rng)
         facts += [c.person_fact, c.city_fact]
+        chains.append(c)
     if len(facts) < n:
         c = world.chain(rng)
         facts.append(c.person_fact if rng.random() < 0.5 else c.city_fact)
-    return facts
+    return facts, chains
 
 
 def twohop_example(
@@ -118,6 +133,7 @@ def twohop_example(
     filler: PassageSource | None = None,
     passage_chars: int = DEFAULT_PASSAGE_CHARS,
     bridge: bool = False,
+    sub_questions: bool = False,
 ) -> SoupExample:
     """Return one two-hop example with k shuffled passages; gold = the two fact passages.
 
@@ -125,6 +141,9 @@ def twohop_example(
     with k_min=1 still works; for k >= 2 they always sit in two different passages.
     ``bridge``: the answer names the bridge city first ("CITY, COUNTRY"), so the decoder makes the
     two lookups one after the other (see ``final_answer``).
+    ``sub_questions``: ``extra`` holds each hop asked on its own (person -> city, city -> country), then the
+    complete distractor chains' own questions, for training with several questions per soup; the passages, question
+    and answer are the same as without it.
     """
     check_k(k)
     check_passage_chars(passage_chars)
@@ -136,11 +155,16 @@ def twohop_example(
         rng.shuffle(facts_one)
         text = embed_sentence(rng, source, facts_one[0], passage_chars - len(facts_one[1]) - 1)
         text = insert_sentence(rng, text, facts_one[1])
-        return SoupExample(docs=[text], question=gold_chain.question, answer=_answer(gold_chain, bridge), gold=[0])
-    facts = [gold_chain.person_fact, gold_chain.city_fact] + _distractor_facts(rng, world, k - 2)
+        extra = gold_chain.hop_questions if sub_questions else []
+        return SoupExample(docs=[text], question=gold_chain.question, answer=_answer(gold_chain, bridge), gold=[0],
+                           extra=extra)
+    distractor_facts, chains = _distractors(rng, world, k - 2)
+    facts = [gold_chain.person_fact, gold_chain.city_fact] + distractor_facts
     docs = [embed_sentence(rng, source, f, passage_chars) for f in facts]
     docs, gold = shuffle_with_gold(rng, docs, [0, 1])
-    return SoupExample(docs=docs, question=gold_chain.question, answer=_answer(gold_chain, bridge), gold=gold)
+    extra = gold_chain.hop_questions + [(c.question, _answer(c, bridge)) for c in chains] if sub_questions else []
+    return SoupExample(docs=docs, question=gold_chain.question, answer=_answer(gold_chain, bridge), gold=gold,
+                       extra=extra)
 
 
 BRIDGE_SEP = ", "
@@ -196,7 +220,7 @@ def make_twohop_corpus(
             {"question": chain.question, "answer": chain.country, "gold_ids": [ids[p] for p in sorted((p_person, p_city))]}
         )
     rest = positions[2 * n_queries :]
-    for pos, fact in zip(rest, _distractor_facts(rng, world, len(rest))):
+    for pos, fact in zip(rest, _distractors(rng, world, len(rest))[0]):
         facts[pos] = fact
 
     records = [
