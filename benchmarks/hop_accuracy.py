@@ -11,8 +11,7 @@ import dataclasses
 import random
 
 from ragsoup.checkpoint import load_model
-from ragsoup.evaluate import predict
-from ragsoup.metrics import best_em_f1
+from ragsoup.evaluate import predict, score
 from ragsoup.tasks import generate_example
 
 PARTS = {"first hop": lambda e: e.extra[0], "second hop": lambda e: e.extra[1], "question": lambda e: (e.question, e.answer)}
@@ -28,14 +27,14 @@ def main() -> None:
     args = ap.parse_args()
     rng = random.Random(args.seed)
     examples = [generate_example("two-hop-sub", rng, args.k) for _ in range(args.n)]
+    parts = {  # each part's questions, asked of the same passages (answers=[]: only the part's own answer counts)
+        part: [dataclasses.replace(e, question=pick(e)[0], answer=pick(e)[1], answers=[], extra=[]) for e in examples]
+        for part, pick in PARTS.items()
+    }
     for name in args.models:
         loaded = load_model(name)
-        row = []
-        for part, pick in PARTS.items():
-            asked = [dataclasses.replace(e, question=pick(e)[0], answer=pick(e)[1], extra=[]) for e in examples]
-            preds = predict(loaded.model, loaded.tokenizer, asked)
-            em = sum(best_em_f1(p, [e.answer])[0] for p, e in zip(preds, asked)) / len(asked)
-            row.append(f"{part} {100 * em:.1f}")
+        row = [f"{part} {score(predict(loaded.model, loaded.tokenizer, asked), asked)['em']:.1f}"
+               for part, asked in parts.items()]
         print(f"{name}  k={args.k}  n={args.n}:  " + ", ".join(row))
 
 

@@ -323,7 +323,7 @@ def test_twohop_sub_questions_ask_each_hop_then_the_distractor_chains() -> None:
         assert country == sub.answer
         assert any(re.search(re.escape(person) + r" (?:was born|works|lives) in " + city + r"\.", d) for d in sub.docs)
         # the other extras are the complete distractor chains' own two-hop questions, answered in the passages
-        assert len(sub.extra) == 2 + (k - 2) // 2 if k >= 2 else len(sub.extra) == 2
+        assert len(sub.extra) == 2 + max(k - 2, 0) // 2
         for q, a in sub.extra[2:]:
             assert q.startswith("In which country ") and q != sub.question and any(a in d for d in sub.docs)
 
