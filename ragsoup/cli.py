@@ -273,6 +273,7 @@ def train(
     loss_on_question: bool = typer.Option(False, "--loss-on-question", help="Also train on the question tokens."),
     ckpt_group: Optional[int] = typer.Option(None, help="Passages per activation-checkpointed group (0: off)."),
     extra_questions: Optional[int] = typer.Option(None, help="Also supervise up to N other needles' questions per soup."),
+    extra_min_k: Optional[int] = typer.Option(None, help="With --extra-questions: only on soups of at least this many passages."),
     bank_size: Optional[int] = typer.Option(None, help="Filler-state bank size (0: off); with it only --fresh-max passages per example get gradient."),
     bank_refresh: Optional[int] = typer.Option(None, help="Steps between re-encodes of the filler bank."),
     fresh_max: Optional[int] = typer.Option(None, help="With a bank: passages per example encoded with gradient."),
@@ -301,7 +302,7 @@ def train(
     given = dict(out=out, tasks=tasks, mode=mode, pool=pool, k_min=k_min, k_max=k_max, k_ramp_steps=k_ramp_steps,
                  steps=steps, batch_size=batch_size, lr=lr, warmup_steps=warmup_steps, passage_chars=passage_chars,
                  seed=seed, ckpt_group=ckpt_group, eval_every=eval_every, eval_ks=eval_ks, save_every=save_every,
-                 init=init, tokenizer=tokenizer, extra_questions=extra_questions, bank_size=bank_size,
+                 init=init, tokenizer=tokenizer, extra_questions=extra_questions, extra_min_k=extra_min_k, bank_size=bank_size,
                  bank_refresh=bank_refresh, fresh_max=fresh_max, bank_prose=bank_prose, bank_prose_frac=bank_prose_frac,
                  until=until, squad=squad, max_minutes=max_minutes)
     base.update({k: v for k, v in given.items() if v is not None})

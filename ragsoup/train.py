@@ -68,6 +68,7 @@ class TrainConfig(OptimConfig):
     freeze_encoder: bool = False
     loss_on_question: bool = False
     extra_questions: int = 0  # also supervise up to N further questions per soup (other needles' keys)
+    extra_min_k: int = 0  # ... only on soups of at least this many passages (0 or 1: on every soup)
     # Filler bank (off when 0): at most fresh_max passages per example are encoded with gradient; the other
     # k - fresh_max are filler states drawn from a bank re-encoded by the current model every bank_refresh
     # steps (no gradient). Linear pools only. Makes training at k in the hundreds affordable on a CPU.
@@ -425,8 +426,9 @@ def loss_on_batch(model: Mamba2LM, tok: Tokenizer, cfg: TrainConfig, k: int, bat
             bg = bank_background(bank, model) if cfg.pool == "centered" else None
             pooled = pool_states(states, k_fresh, cfg.pool, bg)
         qas, owner = [], []  # each question, and the example (soup) it is asked of
+        n_extra = cfg.extra_questions if k >= cfg.extra_min_k else 0
         for i, ex in enumerate(batch):
-            for qa in [(ex.question, ex.answer)] + ex.extra[: cfg.extra_questions]:
+            for qa in [(ex.question, ex.answer)] + ex.extra[:n_extra]:
                 qas.append(qa)
                 owner.append(i)
         if len(qas) > len(batch):

@@ -337,6 +337,11 @@ def test_extra_questions_add_decoder_rows_and_change_the_loss():
         l3, n3 = loss_on_batch(model, ByteTokenizer(), TrainConfig(tasks="needle-distractor:1", ckpt_group=0, extra_questions=3), 4, batch)
     assert n3 > n0  # 2 soups x (1 + 3) questions instead of 2 x 1
     assert not torch.isclose(l0, l3)
+    # --extra-min-k: the extra questions only on soups of at least that many passages
+    for min_k, expect in ((4, (l3, n3)), (5, (l0, n0))):
+        with torch.no_grad():
+            got = loss_on_batch(model, ByteTokenizer(), replace(base, extra_questions=3, extra_min_k=min_k), 4, batch)
+        assert got[1] == expect[1] and torch.isclose(got[0], expect[0])
 
 
 def test_filler_bank_training_step_runs_and_matches_plain_soup_when_k_fits():
