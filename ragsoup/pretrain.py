@@ -67,6 +67,14 @@ PRETRAIN_PRESETS: dict[str, dict] = {
                        passage_chars=600, tokenizer="bpe:8192", seq_len=512, batch_size=64, steps=6000, lr=1.5e-3,
                        warmup_steps=300, eval_every=500, eval_batches=8, save_every=500,
                        model=dict(d_model=384, n_layer=8, d_state=64, headdim=64, expand=2, chunk_size=64)),
+    # a CPU-sized pilot of wiki-small (docs/models.md): the same tokenised data, the default model's size, ~50 minutes
+    # on the 2-core CPU; it measures the recipe end to end where no GPU is lent
+    "wiki-cpu": dict(out="runs/wiki-cpu-lm", text=",".join([*(f"../shared/data/gutenberg/books-0{i}.jsonl.gz"
+                                                              for i in range(4)),
+                                                            "../shared/data/squad/train-v1.1.reconstructed.json.gz"]),
+                     passage_chars=600, tokenizer="bpe:8192", seq_len=256, batch_size=16, steps=2000, lr=2e-3,
+                     warmup_steps=100, eval_every=250, eval_batches=8, save_every=250,
+                     model=dict(d_model=256, n_layer=4, d_state=64, headdim=64, expand=2, chunk_size=64)),
     "tiny": dict(out="runs/lm-tiny", text="tasks:needle:1", seq_len=64, batch_size=4, steps=10, warmup_steps=2,
                  eval_every=5, eval_batches=1, save_every=5, tokenizer="bytes",
                  model=dict(d_model=32, n_layer=2, d_state=16, headdim=16, chunk_size=16)),

@@ -157,6 +157,20 @@ PRESETS: dict[str, dict] = {
         k_max=16, k_ramp_steps=1500, steps=4000, batch_size=32, lr=5e-4, warmup_steps=100, passage_chars=600,
         max_tokens=512, eval_every=500, eval_ks="1,5", eval_n=200, save_every=500, ckpt_group=16,
     ),
+    # the CPU pilot of the same two stages (docs/models.md "wiki-cpu"): the default model's size, k 1 -> 5, four
+    # more questions per context (the gold paragraph's other questions, then the distractors'), ~35 minutes each
+    "wiki-cpu-squad": dict(
+        out="runs/wiki-cpu-squad", init="runs/wiki-cpu-lm/last",
+        squad="../shared/data/squad/train-v1.1.reconstructed.json.gz", tasks="squad:3,squad-segments:1", k_min=1,
+        k_max=5, k_ramp_steps=300, steps=700, batch_size=8, lr=1e-3, warmup_steps=30, passage_chars=600,
+        max_tokens=512, eval_every=200, eval_ks="1,5", eval_n=64, save_every=100, ckpt_group=0, extra_questions=4,
+    ),
+    "wiki-cpu-squad-concat": dict(
+        out="runs/wiki-cpu-squad-concat", init="runs/wiki-cpu-lm/last", mode="concat",
+        squad="../shared/data/squad/train-v1.1.reconstructed.json.gz", tasks="squad:3,squad-segments:1", k_min=1,
+        k_max=5, k_ramp_steps=300, steps=700, batch_size=8, lr=1e-3, warmup_steps=30, passage_chars=600,
+        max_tokens=512, eval_every=200, eval_ks="1,5", eval_n=64, save_every=100, ckpt_group=0, extra_questions=4,
+    ),
     # the base of the finetuning-regime ablation (benchmarks/ablations.py): the default architecture trained from
     # scratch to answer from concatenated passages (an in-context reader); it has never seen a soup
     "ablation-reader": dict(
@@ -399,6 +413,24 @@ def _decoder_batch(tok: Tokenizer, prefixes: list[list[int]], qas: list[tuple[st
     return inp, tgt, mask
 
 
+def _answer_from(model: Mamba2LM, tok: Tokenizer, cfg: TrainConfig, k: int, batch: list[SoupExample],
+                 states: States) -> tuple[torch.Tensor, ...]:
+    """Decoder inputs, targets, loss mask and logits of each example's question (and its extra questions, when
+    cfg asks for them at this k) read from that example's state."""
+    qas, owner = [], []  # each question, and the example (soup) it is asked of
+    n_extra = cfg.extra_questions if k >= cfg.extra_min_k else 0
+    for i, ex in enumerate(batch):
+        for qa in [(ex.question, ex.answer)] + ex.extra[:n_extra]:
+            qas.append(qa)
+            owner.append(i)
+    if len(qas) > len(batch):
+        sel = torch.tensor(owner, device=model.device)
+        states = [type(st)(*(t.index_select(0, sel) for t in st)) for st in states]
+    inp, tgt, mask = _decoder_batch(tok, [[] for _ in qas], qas, cfg.loss_on_question, model.device)
+    logits, _ = model(inp, states)
+    return inp, tgt, mask, logits
+
+
 def loss_on_batch(model: Mamba2LM, tok: Tokenizer, cfg: TrainConfig, k: int, batch: list[SoupExample],
                   bank: FillerBank | None = None, step: int = 0, encoder: Mamba2LM | None = None
                   ) -> tuple[torch.Tensor, int]:
@@ -425,17 +457,14 @@ def loss_on_batch(model: Mamba2LM, tok: Tokenizer, cfg: TrainConfig, k: int, bat
             states = encode_groups(enc, seqs, tok.pad_id, cfg.ckpt_group, grad=not cfg.freeze_encoder)
             bg = bank_background(bank, model) if cfg.pool == "centered" else None
             pooled = pool_states(states, k_fresh, cfg.pool, bg)
-        qas, owner = [], []  # each question, and the example (soup) it is asked of
-        n_extra = cfg.extra_questions if k >= cfg.extra_min_k else 0
-        for i, ex in enumerate(batch):
-            for qa in [(ex.question, ex.answer)] + ex.extra[:n_extra]:
-                qas.append(qa)
-                owner.append(i)
-        if len(qas) > len(batch):
-            sel = torch.tensor(owner, device=dev)
-            pooled = [type(st)(*(t.index_select(0, sel) for t in st)) for st in pooled]
-        inp, tgt, mask = _decoder_batch(tok, [[] for _ in qas], qas, cfg.loss_on_question, dev)
-        logits, _ = model(inp, pooled)
+        inp, tgt, mask, logits = _answer_from(model, tok, cfg, k, batch, pooled)
+        n_tok = sum(len(s) for s in seqs) + inp.numel()
+    elif cfg.extra_questions > 0 and not is_kv_model(model):
+        # concat with several questions per context: encode each concatenation once (the same function as reading
+        # it in one pass with the question), then answer every question from its final state, as the soup does
+        seqs = [concat_ids(tok, ex.docs, cfg.max_tokens) for ex in batch]
+        states = encode_groups(enc, seqs, tok.pad_id, cfg.ckpt_group, grad=not cfg.freeze_encoder)
+        inp, tgt, mask, logits = _answer_from(model, tok, cfg, k, batch, states)
         n_tok = sum(len(s) for s in seqs) + inp.numel()
     else:
         prefixes = [concat_ids(tok, ex.docs, cfg.max_tokens) for ex in batch]

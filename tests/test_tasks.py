@@ -530,6 +530,21 @@ def test_squad_examples(tmp_path: Path) -> None:
         squad_examples(one, random.Random(0), k=4)
 
 
+def test_squad_extra_questions_are_answered_by_the_same_soup(tmp_path: Path) -> None:
+    recs = _squad_records(tmp_path)
+    exs = list(squad_examples(recs, random.Random(0), k=4, same_article_distractors=1))
+    for ex in exs:
+        # the gold paragraph's other question first, then one question of each distractor paragraph, in turn
+        assert len(ex.extra) == 1 + 3 * 2
+        own_q, own_a = ex.extra[0]
+        assert own_q != ex.question and own_a == ex.answer  # the toy file's two questions share a paragraph
+        for q, a in ex.extra:
+            assert q != ex.question and sum(a in d for d in ex.docs) == 1
+        assert [a for _, a in ex.extra[1:4]] == [a for _, a in ex.extra[4:7]]  # round robin over distractors
+        assert {a for _, a in ex.extra[1:]} == {d.split()[-1].rstrip(".") for i, d in enumerate(ex.docs)
+                                              if i not in ex.gold}
+
+
 HOTPOT = [
     {
         "_id": "h1",

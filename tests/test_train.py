@@ -265,6 +265,25 @@ def test_concat_mode_loss_is_finite_and_trains():
     assert model.backbone.layers[0].mixer.in_proj.weight.grad.norm() > 0
 
 
+def test_concat_extra_questions_read_the_encoded_concatenation_like_one_pass():
+    # with extra questions, concat encodes each concatenation once and answers from its final state: for the
+    # main question that is the same function (loss and gradients) as reading context + question in one pass
+    model, tok = _model()
+    cfg = _cfg(mode="concat", k_min=3, k_max=3, tasks="needle-distractor:1", ckpt_group=0)
+    k, batch = make_batch(cfg, 0)
+    bare = [replace(ex, extra=[]) for ex in batch]
+    one_pass, g1 = _grads(model, cfg, k, bare)
+    via_state, g2 = _grads(model, replace(cfg, extra_questions=3), k, bare)
+    assert math.isclose(one_pass, via_state, rel_tol=1e-4)
+    for name in g1:
+        assert torch.allclose(g1[name], g2[name], rtol=1e-3, atol=1e-5), name
+    # and the other needles' questions add rows that change the loss
+    with torch.no_grad():
+        l0, _ = loss_on_batch(model, tok, cfg, k, batch)
+        l3, _ = loss_on_batch(model, tok, replace(cfg, extra_questions=3), k, batch)
+    assert any(ex.extra for ex in batch) and not torch.isclose(l0, l3)
+
+
 # --- (f) curriculum, batches, learning-rate schedule -------------------------------------------------------------------
 
 

@@ -115,6 +115,10 @@ class SquadPool:
             self.span[title] = (len(self.paragraphs), len(self.paragraphs) + len(paras))
             self.paragraphs.extend(paras)
         self.index_of = {(t, p): self.span[t][0] + i for t, paras in by_title.items() for i, p in enumerate(paras)}
+        self.qas_of: dict[int, list[tuple[str, str]]] = {}  # paragraph index -> its (question, first answer) pairs
+        for rec in self.records:
+            self.qas_of.setdefault(self.index_of[(rec["title"], rec["context"])], []).append(
+                (rec["question"], rec["answers"][0]))
 
     def distractors(self, rng: random.Random, rec: dict, n: int, same_article: int) -> list[int]:
         """n distinct paragraph indices other than rec's: up to same_article from its article, the rest from others."""
@@ -144,7 +148,17 @@ class SquadPool:
         chosen = self.distractors(rng, rec, n_dis, same_article)
         docs, gold = shuffle_with_gold(rng, golds + [self.paragraphs[i] for i in chosen], range(len(golds)))
         return SoupExample(docs=docs, question=rec["question"], answer=rec["answers"][0], gold=gold,
-                           answers=list(rec["answers"]))
+                           answers=list(rec["answers"]), extra=self.extra_questions(rec, chosen))
+
+    def extra_questions(self, rec: dict, distractors: list[int]) -> list[tuple[str, str]]:
+        """Other questions the same soup answers (training's --extra-questions): the gold paragraph's other
+        questions, then the distractors' own, one per paragraph in turn; chosen without the rng, so the
+        examples themselves do not depend on whether extras are used."""
+        gold_idx = self.index_of[(rec["title"], rec["context"])]
+        own = [qa for qa in self.qas_of.get(gold_idx, []) if qa[0] != rec["question"]]
+        others = [self.qas_of.get(i, []) for i in distractors]
+        round_robin = [qas[j] for j in range(max(map(len, others), default=0)) for qas in others if j < len(qas)]
+        return own + round_robin
 
 
 def squad_examples(
