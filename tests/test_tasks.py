@@ -545,6 +545,22 @@ def test_squad_extra_questions_are_answered_by_the_same_soup(tmp_path: Path) -> 
                                               if i not in ex.gold}
 
 
+def test_squad_segments_always_give_exactly_k_passages(tmp_path: Path) -> None:
+    from ragsoup.tasks.squad import SquadPool
+
+    recs = _squad_records(tmp_path)
+    long_ctx = " ".join(f"Sentence number {i} of the long paragraph is here." for i in range(12))
+    recs[0] = dict(recs[0], context=long_ctx + " The answer is Article_A-ans-0.")
+    pool = SquadPool(recs)
+    for k in (1, 2, 5, 20):
+        ex = pool.example(random.Random(k), recs[0], k, same_article=1, segment_chars=120)
+        assert len(ex.docs) == k
+        golds = [ex.docs[i] for i in ex.gold]
+        assert all(g in recs[0]["context"] for g in golds)  # each a contiguous piece of the paragraph ...
+        assert sorted(" ".join(golds).split()) == sorted(recs[0]["context"].split())  # ... and none lost
+        assert len(golds) == min(k, 7) and any(ex.answer in g for g in golds)
+
+
 HOTPOT = [
     {
         "_id": "h1",

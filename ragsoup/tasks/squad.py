@@ -101,6 +101,15 @@ def split_side(records: list[dict], split: str) -> list[dict]:
     return split_by_article(records, SQUAD_VAL_FRACTION, SQUAD_SPLIT_SEED)[split == "val"]
 
 
+def _at_most(segments: list[str], k: int) -> list[str]:
+    """Neighbouring segments joined into at most k passages (as even in count as possible), so that an example
+    always holds exactly k passages."""
+    if len(segments) <= k:
+        return segments
+    cuts = [round(i * len(segments) / k) for i in range(k + 1)]
+    return [" ".join(segments[a:b]) for a, b in zip(cuts, cuts[1:])]
+
+
 class SquadPool:
     """The distinct paragraphs of some SQuAD records, grouped by article, for drawing gold + distractor sets."""
 
@@ -137,13 +146,14 @@ class SquadPool:
     def example(self, rng: random.Random, rec: dict, k: int, same_article: int = 1, segment_chars: int = 0
                 ) -> SoupExample:
         """rec's paragraph plus k-1 distractors, shuffled; with segment_chars > 0 the gold paragraph is first cut
-        into segments of about that many characters (all of them gold), and distractors fill up to k passages."""
+        into segments of about that many characters (all of them gold; neighbours joined when there are more than
+        k), and distractors fill up to k passages: always exactly k passages."""
         gold_text = rec["context"]
         golds = [gold_text]
         if segment_chars > 0:
             from ragsoup.corpus import chunk_text
 
-            golds = chunk_text(gold_text, max_chars=segment_chars) or [gold_text]
+            golds = _at_most(chunk_text(gold_text, max_chars=segment_chars) or [gold_text], k)
         n_dis = max(0, k - len(golds))
         chosen = self.distractors(rng, rec, n_dis, same_article)
         docs, gold = shuffle_with_gold(rng, golds + [self.paragraphs[i] for i in chosen], range(len(golds)))
