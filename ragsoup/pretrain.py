@@ -67,7 +67,7 @@ PRETRAIN_PRESETS: dict[str, dict] = {
                        passage_chars=600, tokenizer="bpe:8192", seq_len=512, batch_size=64, steps=6000, lr=1.5e-3,
                        warmup_steps=300, eval_every=500, eval_batches=8, save_every=500,
                        model=dict(d_model=384, n_layer=8, d_state=64, headdim=64, expand=2, chunk_size=64)),
-    # a CPU-sized pilot of wiki-small (docs/models.md): the same tokenised data, the default model's size, ~50 minutes
+    # a CPU-sized pilot of wiki-small (docs/models.md): the same tokenised data, the default model's size, ~40 minutes
     # on the 2-core CPU; it measures the recipe end to end where no GPU is lent
     "wiki-cpu": dict(out="runs/wiki-cpu-lm", text=",".join([*(f"../shared/data/gutenberg/books-0{i}.jsonl.gz"
                                                               for i in range(4)),

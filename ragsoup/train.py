@@ -158,7 +158,7 @@ PRESETS: dict[str, dict] = {
         max_tokens=512, eval_every=500, eval_ks="1,5", eval_n=200, save_every=500, ckpt_group=16,
     ),
     # the CPU pilot of the same two stages (docs/models.md "wiki-cpu"): the default model's size, k 1 -> 5, four
-    # more questions per context (the gold paragraph's other questions, then the distractors'), ~35 minutes each
+    # more questions per context (the gold paragraph's other questions, then the distractors'), ~24 and ~18 minutes
     "wiki-cpu-squad": dict(
         out="runs/wiki-cpu-squad", init="runs/wiki-cpu-lm/last",
         squad="../shared/data/squad/train-v1.1.reconstructed.json.gz", tasks="squad:3,squad-segments:1", k_min=1,
