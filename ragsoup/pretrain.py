@@ -47,6 +47,10 @@ class PretrainConfig(OptimConfig):
     model: dict = field(default_factory=dict)
 
 
+# the real-text models' pretraining text: the four Gutenberg shards and SQuAD train (its held-out articles left out)
+WIKI_TEXT = ",".join([*(f"../shared/data/gutenberg/books-0{i}.jsonl.gz" for i in range(4)),
+                      "../shared/data/squad/train-v1.1.reconstructed.json.gz"])
+
 PRETRAIN_PRESETS: dict[str, dict] = {
     # the LM that the finetuning-regime ablation starts from (docs/results.md): the default architecture trained
     # only on next-token prediction over task examples in the concat layout (passages, then question and answer),
@@ -61,17 +65,13 @@ PRETRAIN_PRESETS: dict[str, dict] = {
                                     save_every=250, model=dict(d_model=256, n_layer=4, n_head=4, mlp_ratio=1.5)),
     # stage 1 of the real-text model wiki-small (docs/models.md): English prose (Gutenberg) + SQuAD training articles.
     # Tokenise on any machine (--prepare-only), then train on a GPU in <= 20-minute runs (benchmarks/train_wiki.sh).
-    "wiki-small": dict(out="runs/wiki-lm", text=",".join([*(f"../shared/data/gutenberg/books-0{i}.jsonl.gz"
-                                                            for i in range(4)),
-                                                          "../shared/data/squad/train-v1.1.reconstructed.json.gz"]),
+    "wiki-small": dict(out="runs/wiki-lm", text=WIKI_TEXT,
                        passage_chars=600, tokenizer="bpe:8192", seq_len=512, batch_size=64, steps=6000, lr=1.5e-3,
                        warmup_steps=300, eval_every=500, eval_batches=8, save_every=500,
                        model=dict(d_model=384, n_layer=8, d_state=64, headdim=64, expand=2, chunk_size=64)),
     # a CPU-sized pilot of wiki-small (docs/models.md): the same tokenised data, the default model's size, ~40 minutes
     # on the 2-core CPU; it measures the recipe end to end where no GPU is lent
-    "wiki-cpu": dict(out="runs/wiki-cpu-lm", text=",".join([*(f"../shared/data/gutenberg/books-0{i}.jsonl.gz"
-                                                              for i in range(4)),
-                                                            "../shared/data/squad/train-v1.1.reconstructed.json.gz"]),
+    "wiki-cpu": dict(out="runs/wiki-cpu-lm", text=WIKI_TEXT,
                      passage_chars=600, tokenizer="bpe:8192", seq_len=256, batch_size=16, steps=2000, lr=2e-3,
                      warmup_steps=100, eval_every=250, eval_batches=8, save_every=250,
                      model=dict(d_model=256, n_layer=4, d_state=64, headdim=64, expand=2, chunk_size=64)),
