@@ -94,6 +94,19 @@ class TrainConfig(OptimConfig):
     arch: str = "mamba2"  # mamba2 | transformer (the averaged-KV-cache baseline, ragsoup.kvsoup; model = TransformerConfig)
 
 
+# stage 2 of the real-text models, soup finetuning on SQuAD (each also has a concat twin in PRESETS)
+_SQUAD_TRAIN = "../shared/data/squad/train-v1.1.reconstructed.json.gz"
+_WIKI_SMALL_SQUAD = dict(
+    out="runs/wiki-squad", init="runs/wiki-lm/last", squad=_SQUAD_TRAIN, tasks="squad:3,squad-segments:1", k_min=1,
+    k_max=16, k_ramp_steps=1500, steps=4000, batch_size=32, lr=5e-4, warmup_steps=100, passage_chars=600,
+    max_tokens=512, eval_every=500, eval_ks="1,5", eval_n=200, save_every=500, ckpt_group=16,
+)
+_WIKI_CPU_SQUAD = dict(
+    out="runs/wiki-cpu-squad", init="runs/wiki-cpu-lm/last", squad=_SQUAD_TRAIN, tasks="squad:3,squad-segments:1",
+    k_min=1, k_max=5, k_ramp_steps=300, steps=700, batch_size=8, lr=1e-3, warmup_steps=30, passage_chars=600,
+    max_tokens=512, eval_every=200, eval_ks="1,5", eval_n=64, save_every=100, ckpt_group=0, extra_questions=4,
+)
+
 PRESETS: dict[str, dict] = {
     # the shipped default model (docs/models.md): byte-level, needle + two-hop mix
     "default": dict(
@@ -144,33 +157,13 @@ PRESETS: dict[str, dict] = {
     ),
     # stage 2 of wiki-small: soup finetuning on SQuAD training articles (gold paragraph, or its segments, plus
     # distractors from the same and other articles), k growing 1 -> 16; held-out EM on the held-out articles
-    "wiki-small-squad": dict(
-        out="runs/wiki-squad", init="runs/wiki-lm/last", squad="../shared/data/squad/train-v1.1.reconstructed.json.gz",
-        tasks="squad:3,squad-segments:1", k_min=1, k_max=16, k_ramp_steps=1500, steps=4000, batch_size=32, lr=5e-4,
-        warmup_steps=100, passage_chars=600, max_tokens=512, eval_every=500, eval_ks="1,5", eval_n=200,
-        save_every=500, ckpt_group=16,
-    ),
+    "wiki-small-squad": _WIKI_SMALL_SQUAD,
     # the same budget reading concatenated passages (the baseline wiki-small's soup is compared with)
-    "wiki-small-squad-concat": dict(
-        out="runs/wiki-squad-concat", init="runs/wiki-lm/last", mode="concat",
-        squad="../shared/data/squad/train-v1.1.reconstructed.json.gz", tasks="squad:3,squad-segments:1", k_min=1,
-        k_max=16, k_ramp_steps=1500, steps=4000, batch_size=32, lr=5e-4, warmup_steps=100, passage_chars=600,
-        max_tokens=512, eval_every=500, eval_ks="1,5", eval_n=200, save_every=500, ckpt_group=16,
-    ),
+    "wiki-small-squad-concat": dict(_WIKI_SMALL_SQUAD, out="runs/wiki-squad-concat", mode="concat"),
     # the CPU pilot of the same two stages (docs/models.md "wiki-cpu"): the default model's size, k 1 -> 5, four
     # more questions per context (the gold paragraph's other questions, then the distractors'), ~24 and ~18 minutes
-    "wiki-cpu-squad": dict(
-        out="runs/wiki-cpu-squad", init="runs/wiki-cpu-lm/last",
-        squad="../shared/data/squad/train-v1.1.reconstructed.json.gz", tasks="squad:3,squad-segments:1", k_min=1,
-        k_max=5, k_ramp_steps=300, steps=700, batch_size=8, lr=1e-3, warmup_steps=30, passage_chars=600,
-        max_tokens=512, eval_every=200, eval_ks="1,5", eval_n=64, save_every=100, ckpt_group=0, extra_questions=4,
-    ),
-    "wiki-cpu-squad-concat": dict(
-        out="runs/wiki-cpu-squad-concat", init="runs/wiki-cpu-lm/last", mode="concat",
-        squad="../shared/data/squad/train-v1.1.reconstructed.json.gz", tasks="squad:3,squad-segments:1", k_min=1,
-        k_max=5, k_ramp_steps=300, steps=700, batch_size=8, lr=1e-3, warmup_steps=30, passage_chars=600,
-        max_tokens=512, eval_every=200, eval_ks="1,5", eval_n=64, save_every=100, ckpt_group=0, extra_questions=4,
-    ),
+    "wiki-cpu-squad": _WIKI_CPU_SQUAD,
+    "wiki-cpu-squad-concat": dict(_WIKI_CPU_SQUAD, out="runs/wiki-cpu-squad-concat", mode="concat"),
     # the base of the finetuning-regime ablation (benchmarks/ablations.py): the default architecture trained from
     # scratch to answer from concatenated passages (an in-context reader); it has never seen a soup
     "ablation-reader": dict(
