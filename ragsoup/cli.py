@@ -491,7 +491,7 @@ def make_corpus_cmd(
 @app.command("eval")
 @domain_errors
 def eval_cmd(
-    task: str = typer.Option(..., "--task", help="squad, hotpotqa, needle, needle-multikey, needle-distractor, needle-multivalue, two-hop, two-hop-bridge (scored on the country), longdoc or longdoc-multifact."),
+    task: str = typer.Option(..., "--task", help="squad, hotpotqa, needle, needle-multikey, needle-distractor, needle-multivalue, needle-word, needle-word-distractor, two-hop, two-hop-bridge (scored on the country), longdoc or longdoc-multifact."),
     data: Optional[Path] = typer.Option(None, "--data", help="SQuAD/HotpotQA JSON file; for generated tasks optional (a make-corpus directory)."),
     k: int = typer.Option(5, "--k", help="Passages per question (gold + distractors)."),
     mode: str = typer.Option("soup", help="soup or concat (the baseline)."),

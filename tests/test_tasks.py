@@ -245,6 +245,29 @@ def test_needle_answer_in_gold(variant: str) -> None:
             assert [i for i, _, _ in found] == sorted({i for i, _, _ in found})  # one needle per passage
 
 
+@pytest.mark.parametrize("variant", ["single", "distractor"])
+def test_word_needles_hold_made_up_names_each_answered_by_its_passage(variant: str) -> None:
+    word_re = re.compile(r"The special magic word for ([a-z][a-z -]*?) is ([A-Z][a-z]+)\.")
+    rng = random.Random(8)
+    for _ in range(20):
+        k = rng.randint(1, 10)
+        ex = needle_example(rng, k, variant=variant, passage_chars=200, values="word")
+        found = {m.group(1): (i, m.group(2)) for i, d in enumerate(ex.docs) for m in word_re.finditer(d)}
+        key = re.fullmatch(r"What is the special magic word for (.+)\?", ex.question).group(1)
+        assert found[key] == (ex.gold[0], ex.answer)
+        assert len(found) == (1 if variant == "single" else 1 + min(k - 1, 3))
+        assert len({v for _, v in found.values()}) == len(found)  # distinct names
+        assert not any(re.search(r"\d", d) for d in ex.docs)  # no numbers at all: the values are words
+        for question, answer in ex.extra:  # every other needle's own question, answered by its passage
+            other = re.fullmatch(r"What is the special magic word for (.+)\?", question).group(1)
+            assert found[other][1] == answer and other != key
+        assert len(ex.extra) == len(found) - 1
+    with pytest.raises(RagsoupError, match="word values"):
+        needle_example(rng, 3, variant="multikey", values="word")
+    with pytest.raises(RagsoupError, match="values"):
+        needle_example(rng, 3, values="letters")
+
+
 def test_needle_keys_vary_and_avoid_filler_words() -> None:
     rng = random.Random(0)
     keys = [re.search(r"for (.+)\?$", needle_example(rng, 1).question).group(1) for _ in range(200)]

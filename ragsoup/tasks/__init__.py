@@ -14,8 +14,8 @@ from ragsoup.tasks.needle import make_needle_corpus, needle_example
 from ragsoup.tasks.twohop import make_twohop_corpus, twohop_example
 
 TASKS: tuple[str, ...] = (
-    "needle", "needle-multikey", "needle-distractor", "needle-multivalue", "two-hop", "two-hop-sub", "two-hop-bridge",
-    "longdoc", "longdoc-multifact",
+    "needle", "needle-multikey", "needle-distractor", "needle-multivalue", "needle-word", "needle-word-distractor",
+    "two-hop", "two-hop-sub", "two-hop-bridge", "longdoc", "longdoc-multifact",
 )
 
 _GENERATORS: dict[str, Callable[..., SoupExample]] = {
@@ -23,6 +23,8 @@ _GENERATORS: dict[str, Callable[..., SoupExample]] = {
     "needle-multikey": lambda rng, k, **kw: needle_example(rng, k, variant="multikey", **kw),
     "needle-distractor": lambda rng, k, **kw: needle_example(rng, k, variant="distractor", **kw),
     "needle-multivalue": lambda rng, k, **kw: needle_example(rng, k, variant="multivalue", **kw),
+    "needle-word": lambda rng, k, **kw: needle_example(rng, k, variant="single", values="word", **kw),
+    "needle-word-distractor": lambda rng, k, **kw: needle_example(rng, k, variant="distractor", values="word", **kw),
     "two-hop": twohop_example,
     "two-hop-sub": lambda rng, k, **kw: twohop_example(rng, k, sub_questions=True, **kw),
     "two-hop-bridge": lambda rng, k, **kw: twohop_example(rng, k, bridge=True, **kw),

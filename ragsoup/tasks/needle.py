@@ -11,6 +11,10 @@ length so every passage is about ``passage_chars`` long).
   within an example / corpus.
 
 Variants: "single", "multikey", "distractor", "multivalue" (see ``needle_example``).
+
+Word values (``values="word"``, training tasks ``needle-word`` and ``needle-word-distractor``): the needle reads
+``"The special magic word for {KEY} is {WORD}."`` with WORD a made-up capitalised name like the two-hop task's
+cities and countries, so that copying a name out of a soup is practised where the lookup is a single fact.
 """
 
 from __future__ import annotations
@@ -33,6 +37,9 @@ VARIANTS: tuple[str, ...] = ("single", "multikey", "distractor", "multivalue")
 NEEDLE_TEMPLATE = "The special magic number for {key} is {value}."
 QUESTION_TEMPLATE = "What is the special magic number for {key}?"
 MULTIVALUE_QUESTION_TEMPLATE = "What are all the special magic numbers for {key}?"
+WORD_NEEDLE_TEMPLATE = "The special magic word for {key} is {value}."
+WORD_QUESTION_TEMPLATE = "What is the special magic word for {key}?"
+VALUE_KINDS: tuple[str, ...] = ("number", "word")
 MAX_DISTRACTORS = 3
 DEFAULT_N_VALUES = 4
 
@@ -60,9 +67,14 @@ KEY_ADJECTIVES: tuple[str, ...] = tuple(w for w in _KEY_ADJECTIVES if w not in V
 KEY_NOUNS: tuple[str, ...] = tuple(w for w in _KEY_NOUNS if w not in VOCABULARY)
 
 
-def needle_sentence(key: str, value: str) -> str:
-    """Return the needle sentence for key and value."""
-    return NEEDLE_TEMPLATE.format(key=key, value=value)
+def needle_sentence(key: str, value: str, values: str = "number") -> str:
+    """Return the needle sentence for key and value (a number, or a made-up word with values="word")."""
+    return (WORD_NEEDLE_TEMPLATE if values == "word" else NEEDLE_TEMPLATE).format(key=key, value=value)
+
+
+def needle_question(key: str, values: str = "number") -> str:
+    """Return the question asking for key's value."""
+    return (WORD_QUESTION_TEMPLATE if values == "word" else QUESTION_TEMPLATE).format(key=key)
 
 
 class _KeyValueSampler:
@@ -84,8 +96,10 @@ class _KeyValueSampler:
                 return key
         return self.names.word(rng)
 
-    def value(self, rng: random.Random) -> str:
-        """Return a fresh 6-digit value with no leading zero."""
+    def value(self, rng: random.Random, kind: str = "number") -> str:
+        """Return a fresh value: 6 digits with no leading zero, or (kind "word") a made-up capitalised name."""
+        if kind == "word":
+            return self.names.name(rng, 1, 3, max_len=9)
         while True:
             value = str(rng.randint(100_000, 999_999))
             if value not in self.values:
@@ -109,6 +123,7 @@ def needle_example(
     filler: PassageSource | None = None,
     passage_chars: int = 300,
     n_values: int = DEFAULT_N_VALUES,
+    values: str = "number",
 ) -> SoupExample:
     """Return one needle-in-a-haystack example with k shuffled passages.
 
@@ -116,10 +131,15 @@ def needle_example(
     holds a needle with a distinct key, one is asked); "distractor" (the gold needle plus
     min(k-1, 3) passages with needles of other keys); "multivalue" (one key with
     min(k, n_values) distinct values in different passages; the answer lists them joined
-    by ", " in document order).
+    by ", " in document order). ``values`` "word" makes every value a made-up name ("single" and
+    "distractor" only).
     """
     check_k(k)
     _check_variant(variant)
+    if values not in VALUE_KINDS:
+        raise RagsoupError(f"unknown needle values {values!r}; valid: {', '.join(VALUE_KINDS)}")
+    if values == "word" and variant not in ("single", "distractor"):
+        raise RagsoupError(f"word values are for the single and distractor variants, not {variant!r}")
     check_passage_chars(passage_chars)
     check_k(n_values, what="n_values")
     source = _source(filler)
@@ -141,8 +161,8 @@ def needle_example(
             gold=[i for i, (_, v) in enumerate(tagged) if v is not None],
         )
 
-    value = kv.value(rng)
-    docs = [embed_sentence(rng, source, needle_sentence(key, value), passage_chars)]
+    value = kv.value(rng, values)
+    docs = [embed_sentence(rng, source, needle_sentence(key, value, values), passage_chars)]
     if variant == "multikey":
         n_other = k - 1
     elif variant == "distractor":
@@ -152,12 +172,12 @@ def needle_example(
     extra: list[tuple[str, str]] = []
     for _ in range(n_other):
         other_key = kv.key(rng)
-        other_value = kv.value(rng)
-        docs.append(embed_sentence(rng, source, needle_sentence(other_key, other_value), passage_chars))
-        extra.append((QUESTION_TEMPLATE.format(key=other_key), other_value))
+        other_value = kv.value(rng, values)
+        docs.append(embed_sentence(rng, source, needle_sentence(other_key, other_value, values), passage_chars))
+        extra.append((needle_question(other_key, values), other_value))
     docs += [source.passage(rng, passage_chars) for _ in range(k - 1 - n_other)]
     docs, gold = shuffle_with_gold(rng, docs, [0])
-    return SoupExample(docs=docs, question=QUESTION_TEMPLATE.format(key=key), answer=value, gold=gold, extra=extra)
+    return SoupExample(docs=docs, question=needle_question(key, values), answer=value, gold=gold, extra=extra)
 
 
 def make_needle_corpus(
