@@ -12,7 +12,7 @@ import random
 
 from ragsoup.tasks.base import PassageSource, SoupExample, check_k, check_passage_chars, insert_sentence
 from ragsoup.tasks.filler import FillerSource
-from ragsoup.tasks.needle import QUESTION_TEMPLATE, _KeyValueSampler, needle_sentence
+from ragsoup.tasks.needle import _KeyValueSampler, needle_question, needle_sentence
 
 
 def document_segments(rng: random.Random, source: PassageSource, k: int, segment_chars: int) -> list[str]:
@@ -42,6 +42,6 @@ def longdoc_example(
     for (key, value), i in zip(facts, where):
         segments[i] = insert_sentence(rng, segments[i], needle_sentence(key, value))
     (key, value), gold = facts[0], where[0]
-    extra = [(QUESTION_TEMPLATE.format(key=k_), v) for k_, v in facts[1:]]
-    return SoupExample(docs=segments, question=QUESTION_TEMPLATE.format(key=key), answer=value, gold=[gold],
+    extra = [(needle_question(k_), v) for k_, v in facts[1:]]
+    return SoupExample(docs=segments, question=needle_question(key), answer=value, gold=[gold],
                        extra=extra)

@@ -39,7 +39,12 @@ QUESTION_TEMPLATE = "What is the special magic number for {key}?"
 MULTIVALUE_QUESTION_TEMPLATE = "What are all the special magic numbers for {key}?"
 WORD_NEEDLE_TEMPLATE = "The special magic word for {key} is {value}."
 WORD_QUESTION_TEMPLATE = "What is the special magic word for {key}?"
-VALUE_KINDS: tuple[str, ...] = ("number", "word")
+# value kind -> (needle sentence, question) templates
+_TEMPLATES: dict[str, tuple[str, str]] = {
+    "number": (NEEDLE_TEMPLATE, QUESTION_TEMPLATE),
+    "word": (WORD_NEEDLE_TEMPLATE, WORD_QUESTION_TEMPLATE),
+}
+VALUE_KINDS: tuple[str, ...] = tuple(_TEMPLATES)
 MAX_DISTRACTORS = 3
 DEFAULT_N_VALUES = 4
 
@@ -69,12 +74,12 @@ KEY_NOUNS: tuple[str, ...] = tuple(w for w in _KEY_NOUNS if w not in VOCABULARY)
 
 def needle_sentence(key: str, value: str, values: str = "number") -> str:
     """Return the needle sentence for key and value (a number, or a made-up word with values="word")."""
-    return (WORD_NEEDLE_TEMPLATE if values == "word" else NEEDLE_TEMPLATE).format(key=key, value=value)
+    return _TEMPLATES[values][0].format(key=key, value=value)
 
 
 def needle_question(key: str, values: str = "number") -> str:
     """Return the question asking for key's value."""
-    return (WORD_QUESTION_TEMPLATE if values == "word" else QUESTION_TEMPLATE).format(key=key)
+    return _TEMPLATES[values][1].format(key=key)
 
 
 class _KeyValueSampler:
@@ -230,7 +235,7 @@ def make_needle_corpus(
         if variant == "multivalue":
             question = MULTIVALUE_QUESTION_TEMPLATE.format(key=key)
         else:
-            question = QUESTION_TEMPLATE.format(key=key)
+            question = needle_question(key)
         queries.append({"question": question, "answer": ", ".join(values), "gold_ids": [ids[p] for p in slots]})
     if variant == "multikey":
         n_extra = n_passages - cursor
