@@ -15,6 +15,7 @@ import torch
 
 from ragsoup.checkpoint import load_model
 from ragsoup.tasks.base import SoupExample
+from ragsoup.tasks.squad import SQUAD_TRAIN_PATH
 from ragsoup.train import TrainConfig, loss_on_batch, squad_pools
 
 
@@ -22,7 +23,7 @@ def main() -> None:
     """Print, per model and mode, the answer NLL with the own paragraph and with another one."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("models", nargs="+")
-    ap.add_argument("--squad", default="../shared/data/squad/train-v1.1.reconstructed.json.gz")
+    ap.add_argument("--squad", default=SQUAD_TRAIN_PATH)
     ap.add_argument("--n", type=int, default=256)
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()

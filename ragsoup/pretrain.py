@@ -23,6 +23,7 @@ import torch.nn.functional as F
 
 from ragsoup.errors import RagsoupError
 from ragsoup.tasks import generate_example
+from ragsoup.tasks.squad import SQUAD_TRAIN_PATH
 from ragsoup.tokenizer import Tokenizer, answer_ids, passage_ids, prompt_ids, train_bpe
 from ragsoup.train import (OptimConfig, TrainConfig, make_optimizer, make_tokenizer, new_model, parse_mix,
                            save_run, start_model, truncate_log, update, wall_deadline)
@@ -48,8 +49,7 @@ class PretrainConfig(OptimConfig):
 
 
 # the real-text models' pretraining text: the four Gutenberg shards and SQuAD train (its held-out articles left out)
-WIKI_TEXT = ",".join([*(f"../shared/data/gutenberg/books-0{i}.jsonl.gz" for i in range(4)),
-                      "../shared/data/squad/train-v1.1.reconstructed.json.gz"])
+WIKI_TEXT = ",".join([*(f"../shared/data/gutenberg/books-0{i}.jsonl.gz" for i in range(4)), SQUAD_TRAIN_PATH])
 
 PRETRAIN_PRESETS: dict[str, dict] = {
     # the LM that the finetuning-regime ablation starts from (docs/results.md): the default architecture trained

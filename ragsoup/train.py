@@ -31,7 +31,8 @@ from ragsoup.soup import centre, check_pool, pool_states
 from ragsoup.store import flatten_states, unflatten_states
 from ragsoup.tasks import generate_example
 from ragsoup.tasks.base import SoupExample
-from ragsoup.tasks.squad import SQUAD_SPLIT_SEED, SQUAD_VAL_FRACTION, SquadPool, load_squad, split_by_article
+from ragsoup.tasks.squad import (SQUAD_SPLIT_SEED, SQUAD_TRAIN_PATH, SQUAD_VAL_FRACTION, SquadPool, load_squad,
+                                 split_by_article)
 from ragsoup.tokenizer import ByteTokenizer, Tokenizer, answer_ids, passage_ids, prompt_ids, train_bpe
 
 
@@ -95,14 +96,13 @@ class TrainConfig(OptimConfig):
 
 
 # stage 2 of the real-text models, soup finetuning on SQuAD (each also has a concat twin in PRESETS)
-_SQUAD_TRAIN = "../shared/data/squad/train-v1.1.reconstructed.json.gz"
 _WIKI_SMALL_SQUAD = dict(
-    out="runs/wiki-squad", init="runs/wiki-lm/last", squad=_SQUAD_TRAIN, tasks="squad:3,squad-segments:1", k_min=1,
+    out="runs/wiki-squad", init="runs/wiki-lm/last", squad=SQUAD_TRAIN_PATH, tasks="squad:3,squad-segments:1", k_min=1,
     k_max=16, k_ramp_steps=1500, steps=4000, batch_size=32, lr=5e-4, warmup_steps=100, passage_chars=600,
     max_tokens=512, eval_every=500, eval_ks="1,5", eval_n=200, save_every=500, ckpt_group=16,
 )
 _WIKI_CPU_SQUAD = dict(
-    out="runs/wiki-cpu-squad", init="runs/wiki-cpu-lm/last", squad=_SQUAD_TRAIN, tasks="squad:3,squad-segments:1",
+    out="runs/wiki-cpu-squad", init="runs/wiki-cpu-lm/last", squad=SQUAD_TRAIN_PATH, tasks="squad:3,squad-segments:1",
     k_min=1, k_max=5, k_ramp_steps=300, steps=700, batch_size=8, lr=1e-3, warmup_steps=30, passage_chars=600,
     max_tokens=512, eval_every=200, eval_ks="1,5", eval_n=64, save_every=100, ckpt_group=0, extra_questions=4,
 )

@@ -18,6 +18,7 @@ from typing import Any
 from ragsoup.errors import RagsoupError
 from ragsoup.jsonl import iter_jsonl
 from ragsoup.tasks.base import PassageSource
+from ragsoup.tasks.squad import SQUAD_TRAIN_PATH
 
 CORPUS_FILE = "corpus.jsonl"
 QUESTIONS_FILE = "questions.jsonl"
@@ -166,7 +167,7 @@ def require_data(task: str, data: str | Path | None) -> str | Path:
     if task not in FILE_TASKS:
         raise RagsoupError(f"unknown dataset task {task!r}; valid tasks: {', '.join(FILE_TASKS)}")
     if data is None:
-        example = "../shared/data/squad/train-v1.1.reconstructed.json.gz" if task == "squad" else "hotpot_dev_distractor_v1.json"
+        example = SQUAD_TRAIN_PATH if task == "squad" else "hotpot_dev_distractor_v1.json"
         raise RagsoupError(f"task {task} reads a dataset file: pass --data FILE (e.g. {example})")
     return data
 

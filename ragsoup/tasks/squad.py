@@ -16,6 +16,8 @@ from ragsoup.tasks.base import SoupExample, check_k, shuffle_with_gold
 
 # The held-out split every command uses: 5% of articles by a hash of their title (never trained on).
 SQUAD_VAL_FRACTION = 0.05
+# where the project's SQuAD v1.1 train file lies (../shared/data, see its SOURCES.md); never committed
+SQUAD_TRAIN_PATH = "../shared/data/squad/train-v1.1.reconstructed.json.gz"
 SQUAD_SPLIT_SEED = 0
 
 
