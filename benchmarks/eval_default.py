@@ -16,6 +16,7 @@ from pathlib import Path
 
 from ragsoup.bench import run_eval
 from ragsoup.device import set_threads
+from ragsoup.tasks.filler import gutenberg_shard
 
 PLAN = [  # (label, task, k values, mode, pool, filler?[, weights[, background from --bg-prose?]]); rows are
     # selected by "pool[/weights]"
@@ -60,8 +61,8 @@ def main() -> None:
     ap.add_argument("--model", default="default")
     ap.add_argument("--n", type=int, default=64)
     ap.add_argument("--seed", type=int, default=12345)
-    ap.add_argument("--prose", default="../shared/data/gutenberg/books-03.jsonl.gz")
-    ap.add_argument("--bg-prose", default="../shared/data/gutenberg/books-00.jsonl.gz",
+    ap.add_argument("--prose", default=gutenberg_shard(3))
+    ap.add_argument("--bg-prose", default=gutenberg_shard(0),
                     help="other books, for the rows centred on a prose background")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--out", default=None)

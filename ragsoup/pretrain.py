@@ -23,6 +23,7 @@ import torch.nn.functional as F
 
 from ragsoup.errors import RagsoupError
 from ragsoup.tasks import generate_example
+from ragsoup.tasks.filler import gutenberg_shard, strip_gutenberg
 from ragsoup.tasks.squad import SQUAD_TRAIN_PATH
 from ragsoup.tokenizer import Tokenizer, answer_ids, passage_ids, prompt_ids, train_bpe
 from ragsoup.train import (OptimConfig, TrainConfig, make_optimizer, make_tokenizer, new_model, parse_mix,
@@ -49,7 +50,7 @@ class PretrainConfig(OptimConfig):
 
 
 # the real-text models' pretraining text: the four Gutenberg shards and SQuAD train (its held-out articles left out)
-WIKI_TEXT = ",".join([*(f"../shared/data/gutenberg/books-0{i}.jsonl.gz" for i in range(4)), SQUAD_TRAIN_PATH])
+WIKI_TEXT = ",".join([*(gutenberg_shard(i) for i in range(4)), SQUAD_TRAIN_PATH])
 
 PRETRAIN_PRESETS: dict[str, dict] = {
     # the LM that the finetuning-regime ablation starts from (docs/results.md): the default architecture trained
@@ -163,7 +164,6 @@ def _jsonl_texts(path: Path, passage_chars: int) -> Iterator[str]:
 
     from ragsoup.corpus import chunk_text
     from ragsoup.jsonl import iter_jsonl
-    from ragsoup.tasks.filler import strip_gutenberg
 
     opener = gzip.open if path.name.lower().endswith(".gz") else open
     with opener(path, "rt", encoding="utf-8") as f:

@@ -31,6 +31,7 @@ from ragsoup.soup import centre, check_pool, pool_states
 from ragsoup.store import flatten_states, unflatten_states
 from ragsoup.tasks import generate_example
 from ragsoup.tasks.base import SoupExample
+from ragsoup.tasks.filler import gutenberg_shard
 from ragsoup.tasks.squad import (SQUAD_SPLIT_SEED, SQUAD_TRAIN_PATH, SQUAD_VAL_FRACTION, SquadPool, load_squad,
                                  split_by_article)
 from ragsoup.tokenizer import ByteTokenizer, Tokenizer, answer_ids, passage_ids, prompt_ids, train_bpe
@@ -152,7 +153,7 @@ PRESETS: dict[str, dict] = {
         out="runs/default-final", init="runs/default-twohop/last", tasks="needle:4,needle-distractor:1,two-hop:3",
         k_min=1, k_max=512, k_ramp_steps=50, steps=600, batch_size=8, lr=3e-4, warmup_steps=20, passage_chars=200,
         eval_every=300, eval_ks="5,64", eval_n=32, save_every=100, ckpt_group=0, extra_questions=3, bank_size=512,
-        bank_refresh=20, fresh_max=8, seed=9, bank_prose="../shared/data/gutenberg/books-00.jsonl.gz",
+        bank_refresh=20, fresh_max=8, seed=9, bank_prose=gutenberg_shard(0),
         bank_prose_frac=0.5,
     ),
     # stage 2 of wiki-small: soup finetuning on SQuAD training articles (gold paragraph, or its segments, plus

@@ -303,6 +303,11 @@ _BAD = re.compile(
 _PARA_END = re.compile(r"[.!?][\"'\u201d\u2019)]*$")
 
 
+def gutenberg_shard(i: int) -> str:
+    """Return the path of the project's Gutenberg shard i (0-3; ../shared/data, see its SOURCES.md; never committed)."""
+    return f"../shared/data/gutenberg/books-0{i}.jsonl.gz"
+
+
 def strip_gutenberg(text: str) -> str:
     """Return the body of a Project Gutenberg text without its START/END header and footer."""
     start = _START.search(text)
