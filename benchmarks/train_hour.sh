@@ -9,15 +9,20 @@
 # About 58 minutes on a 2-core CPU with nothing else running (stages: 18.3 + 11.9 + 11.6 + 15.9 minutes, measured).
 # It falls a few points short of the three-hour shipped model (benchmarks/train_default.sh) at large k and on
 # two-hop questions with five given passages; docs/models.md has the figures.
+# SEED=N (optional) replaces the stages' own seeds with N, N+1, N+2, N+3: other runs of the same recipe, to see its spread.
 set -euo pipefail
 threads=${THREADS:-2}
 out=${OUT:-runs/hour}
+seed() {  # seed I DEFAULT...: stage I's seed options
+    local i=$1; shift
+    if [ -n "${SEED:-}" ]; then echo "--seed $((SEED + i))"; else echo "$@"; fi
+}
 ragsoup train --preset default --until 2000 --bank-size 512 --fresh-max 8 --bank-refresh 20 --out "$out-s1" \
-    --threads "$threads"
+    --threads "$threads" $(seed 0)
 ragsoup train --preset default-twohop --init "$out-s1/last" --out "$out-s2" --k-max 4 --steps 2400 \
-    --eval-every 800 --save-every 400 --threads "$threads"
+    --eval-every 800 --save-every 400 --threads "$threads" $(seed 1)
 ragsoup train --preset default-twohop --init "$out-s2/last" --out "$out-s3" --k-max 4 --steps 2400 \
-    --eval-every 800 --save-every 400 --seed 11 --threads "$threads"
+    --eval-every 800 --save-every 400 --threads "$threads" $(seed 2 --seed 11)
 ragsoup train --preset default-final --init "$out-s3/last" --out "$out-s4" --steps 1100 --eval-every 550 \
-    --threads "$threads"
+    --threads "$threads" $(seed 3)
 ragsoup background "$out-s4/last"   # the background state that --pool centered reads

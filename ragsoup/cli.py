@@ -281,7 +281,7 @@ def train(
     bank_prose_frac: Optional[float] = typer.Option(None, help="With --bank-prose: the bank's prose fraction (and of examples with prose filler)."),
     eval_every: Optional[int] = typer.Option(None, help="Held-out EM per k every N steps (0: off)."),
     eval_ks: Optional[str] = typer.Option(None, help="k values for held-out EM, e.g. 1,4,16."),
-    save_every: Optional[int] = typer.Option(None, help="Checkpoint every N steps."),
+    save_every: Optional[int] = typer.Option(None, help="Checkpoint every N steps (0: only at the end)."),
     init: Optional[str] = typer.Option(None, help="Start from this checkpoint (or shipped model name)."),
     tokenizer: Optional[str] = typer.Option(None, help="bytes or bpe:VOCAB (new models only)."),
     squad: Optional[str] = typer.Option(None, help="SQuAD v1.1 JSON for --tasks squad / squad-segments (training articles only)."),

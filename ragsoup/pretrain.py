@@ -41,7 +41,7 @@ class PretrainConfig(OptimConfig):
     batch_size: int = 16
     eval_every: int = 250
     eval_batches: int = 4
-    save_every: int = 250
+    save_every: int = 250  # 0: only the last step's checkpoint
     until: int = 0
     init: str | None = None
     tokenizer: str = "bpe:2048"
@@ -362,7 +362,7 @@ def pretrain(cfg: PretrainConfig, resume: bool = False, on_log: Callable[[dict],
             last = step == stop or time.monotonic() >= deadline
             if cfg.eval_every > 0 and (step % cfg.eval_every == 0 or last):
                 rec["eval"] = {"heldout_loss": round(heldout_loss(model, held_src, cfg), 5)}
-            if step % cfg.save_every == 0 or last:
+            if last or (cfg.save_every > 0 and step % cfg.save_every == 0):
                 _save(model, tok, opt, cfg, step, out)
             logf.write(json.dumps(rec) + "\n")
             logf.flush()

@@ -87,7 +87,7 @@ class TrainConfig(OptimConfig):
     eval_every: int = 250
     eval_ks: str = "1,4,16"
     eval_n: int = 32
-    save_every: int = 250
+    save_every: int = 250  # 0: only the last step's checkpoint
     init: str | None = None
     until: int = 0  # stop after this step (0: at `steps`); the schedule still spans `steps` (resumable chunks)
     tokenizer: str = "bpe:2048"  # "bytes" or "bpe:VOCAB" (trained on a sample of the task mix)
@@ -520,6 +520,8 @@ def train(cfg: TrainConfig, resume: bool = False, on_log: Log | None = None, dev
             raise RagsoupError(f"--bank-prose-frac must be between 0 and 1 (got {cfg.bank_prose_frac})")
     if cfg.arch not in ("mamba2", "transformer"):
         raise RagsoupError(f"unknown arch '{cfg.arch}': use mamba2 or transformer")
+    if cfg.bank_size > 0 and cfg.bank_refresh < 1:
+        raise RagsoupError(f"--bank-refresh must be at least 1 step (got {cfg.bank_refresh})")
     if not 1 <= cfg.k_min <= cfg.k_max:
         raise RagsoupError(f"need 1 <= --k-min <= --k-max (got {cfg.k_min}, {cfg.k_max})")
     check_tasks(cfg)
@@ -576,7 +578,7 @@ def train(cfg: TrainConfig, resume: bool = False, on_log: Log | None = None, dev
                 rec["eval"] = run_eval(model, tok, cfg, sets, encoder, bank)
                 t_last = time.perf_counter()
             log(rec)
-            if step % cfg.save_every == 0 or last:
+            if last or (cfg.save_every > 0 and step % cfg.save_every == 0):
                 _save(model, tok, opt, cfg, step, out)
                 t_last = time.perf_counter()
             if last:

@@ -238,3 +238,8 @@ def test_gutenberg_jsonl_text_loses_its_licence_header_and_footer(tmp_path):
     joined = " ".join(texts)
     assert "bright cold day" in joined and "Licence" not in joined and "licence" not in joined
     assert "Gutenberg" not in joined and all(len(t) <= 200 for t in texts)
+
+
+def test_pretrain_save_every_zero_saves_only_the_last_step(tmp_path):
+    pretrain(_cfg(tmp_path, steps=3, save_every=0))
+    assert load_model(tmp_path / "lm" / "last").meta["pretrain"]["step"] == 3

@@ -515,3 +515,15 @@ def test_presets_are_valid_and_the_shipped_chain_links_stage_to_stage():
         assert T.PRESETS[nxt]["init"] == T.PRESETS[prev]["out"] + "/last", (prev, nxt)
     outs = [T.PRESETS[n]["out"] for n in chain]
     assert len(set(outs)) == len(outs)
+
+
+def test_save_every_zero_saves_only_the_last_step(tmp_path):
+    out = tmp_path / "z"
+    train(_cfg(out=str(out), steps=3, save_every=0))
+    assert torch.load(out / "trainer.pt", weights_only=False)["step"] == 3
+    assert (out / "last").is_dir()
+
+
+def test_bank_refresh_below_one_is_a_clear_error(tmp_path):
+    with pytest.raises(RagsoupError, match="--bank-refresh must be at least 1"):
+        train(_cfg(out=str(tmp_path / "r"), bank_size=4, bank_refresh=0))
