@@ -9,6 +9,7 @@ from typing import Iterator, Sequence
 import torch
 
 from ragsoup.encode import pad_batch
+from ragsoup.errors import RagsoupError
 from ragsoup.model import LayerState, Mamba2LM, States
 from ragsoup.tokenizer import Tokenizer, passage_ids, prompt_ids
 
@@ -119,6 +120,8 @@ def generate(
     ``spans_of``: each question's passages; each answer is then the model's best-scored span of one of them
     (extractive decoding: at each step the best-scored token that keeps the answer a substring of a passage).
     """
+    if max_new_tokens < 1:
+        raise RagsoupError(f"--max-new-tokens must be at least 1 (got {max_new_tokens})")
     dtype = model.backbone.embedding.weight.dtype
     states = _cast(states, dtype)
     ids, lengths = pad_batch([prompt_ids(tok, q) for q in questions], tok.pad_id, model.device)

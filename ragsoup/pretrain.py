@@ -327,8 +327,7 @@ def heldout_loss(model: torch.nn.Module, src, cfg: PretrainConfig) -> float:
 def pretrain(cfg: PretrainConfig, resume: bool = False, on_log: Callable[[dict], None] | None = None,
              device: str = "cpu") -> Path:
     """Pretrain (or resume) a language model per ``cfg``; checkpoints and log.jsonl under cfg.out."""
-    if cfg.seq_len < 2 or cfg.batch_size < 1 or cfg.steps < 1:
-        raise RagsoupError("need --seq-len >= 2, --batch-size >= 1 and --steps >= 1")
+    cfg.check_ranges(seq_len=2, batch_size=1, eval_every=0, eval_batches=1, save_every=0, until=0, qa_k_max=1)
     out = Path(cfg.out)
     torch.manual_seed(cfg.seed)
     model, tok = start_model(out, resume, cfg.init, device, "pretrain")

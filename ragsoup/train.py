@@ -56,6 +56,14 @@ class OptimConfig:
         names = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in names})
 
+    def check_ranges(self, **minimum: int) -> None:
+        """Raise a RagsoupError naming the first option out of range (the shared ones, then ``minimum``'s)."""
+        if not self.lr > 0:
+            raise RagsoupError(f"--lr must be positive (got {self.lr})")
+        for name, low in {"steps": 1, "warmup_steps": 0, "max_minutes": 0, **minimum}.items():
+            if getattr(self, name) < low:
+                raise RagsoupError(f"--{name.replace('_', '-')} must be at least {low} (got {getattr(self, name)})")
+
 
 @dataclass
 class TrainConfig(OptimConfig):
@@ -520,8 +528,10 @@ def train(cfg: TrainConfig, resume: bool = False, on_log: Log | None = None, dev
             raise RagsoupError(f"--bank-prose-frac must be between 0 and 1 (got {cfg.bank_prose_frac})")
     if cfg.arch not in ("mamba2", "transformer"):
         raise RagsoupError(f"unknown arch '{cfg.arch}': use mamba2 or transformer")
-    if cfg.bank_size > 0 and cfg.bank_refresh < 1:
-        raise RagsoupError(f"--bank-refresh must be at least 1 step (got {cfg.bank_refresh})")
+    cfg.check_ranges(batch_size=1, k_ramp_steps=0, extra_questions=0, extra_min_k=0, bank_size=0, ckpt_group=0,
+                     eval_every=0, eval_n=1, save_every=0, until=0, max_tokens=1)
+    if cfg.bank_size > 0:
+        cfg.check_ranges(bank_refresh=1, fresh_max=1)
     if not 1 <= cfg.k_min <= cfg.k_max:
         raise RagsoupError(f"need 1 <= --k-min <= --k-max (got {cfg.k_min}, {cfg.k_max})")
     check_tasks(cfg)

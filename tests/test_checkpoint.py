@@ -281,6 +281,8 @@ def test_generate_never_returns_an_empty_answer_unless_asked():
             ids.append(int(logits[0, -1].topk(2).indices[1]))
     assert generate(m, tok, st, [ex.question], max_new_tokens=6) == [tok.decode(ids[-3:-2]).strip()]  # default 1
     assert generate(m, tok, st, [ex.question], max_new_tokens=6, min_new_tokens=3) == [tok.decode(ids[-3:]).strip()]
+    with pytest.raises(RagsoupError, match="--max-new-tokens must be at least 1"):
+        generate(m, tok, st, [ex.question], max_new_tokens=0)
 
 
 def test_soup_state_is_the_mean_of_single_passage_states():

@@ -243,3 +243,10 @@ def test_gutenberg_jsonl_text_loses_its_licence_header_and_footer(tmp_path):
 def test_pretrain_save_every_zero_saves_only_the_last_step(tmp_path):
     pretrain(_cfg(tmp_path, steps=3, save_every=0))
     assert load_model(tmp_path / "lm" / "last").meta["pretrain"]["step"] == 3
+
+
+@pytest.mark.parametrize("field, value, option", [("seq_len", 1, "--seq-len"), ("steps", 0, "--steps"),
+                                                  ("lr", -1e-3, "--lr")])
+def test_pretrain_out_of_range_options_are_named(tmp_path, field, value, option):
+    with pytest.raises(RagsoupError, match=f"^{option} must be"):
+        pretrain(_cfg(tmp_path, **{field: value}))

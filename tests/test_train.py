@@ -525,5 +525,16 @@ def test_save_every_zero_saves_only_the_last_step(tmp_path):
 
 
 def test_bank_refresh_below_one_is_a_clear_error(tmp_path):
-    with pytest.raises(RagsoupError, match="--bank-refresh must be at least 1"):
+    with pytest.raises(RagsoupError, match="--bank-refresh must be at least 1 "):
         train(_cfg(out=str(tmp_path / "r"), bank_size=4, bank_refresh=0))
+
+
+@pytest.mark.parametrize("field, value, option", [
+    ("batch_size", 0, "--batch-size"), ("steps", 0, "--steps"), ("lr", 0.0, "--lr"),
+    ("warmup_steps", -1, "--warmup-steps"), ("extra_questions", -1, "--extra-questions"),
+    ("eval_every", -5, "--eval-every"),
+])
+def test_out_of_range_options_are_named_before_any_work(tmp_path, field, value, option):
+    with pytest.raises(RagsoupError, match=f"^{option} must be"):
+        train(_cfg(out=str(tmp_path / "o"), **{field: value}))
+    assert not (tmp_path / "o").exists()
