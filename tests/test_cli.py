@@ -828,6 +828,9 @@ def test_training_recipes_parse_and_each_stage_starts_from_the_last(script):
 
     text = (Path(__file__).resolve().parents[1] / "benchmarks" / script).read_text().replace("\\\n", " ")
     text = re.sub(r"\$\{?threads\}?", "2", re.sub(r"\$\{?out\}?", "runs/recipe", text))
+    stage_seeds = [int(i) for i in re.findall(r"\$\(seed (\d+)", text)]  # train_hour.sh's SEED=N: N + i per stage
+    assert len(set(stage_seeds)) == len(stage_seeds), script
+    text = re.sub(r"\$\(seed \d+ ?([^)]*)\)", r"\1", text)  # without SEED: the stage's own seed options
     lines = [ln.split("#")[0] for ln in text.splitlines() if ln.strip().startswith("ragsoup train")]
     assert len(lines) >= 3, script
     train_cmd = _cli_command("train")
