@@ -517,11 +517,16 @@ def test_presets_are_valid_and_the_shipped_chain_links_stage_to_stage():
     assert len(set(outs)) == len(outs)
 
 
-def test_save_every_zero_saves_only_the_last_step(tmp_path):
+def test_save_every_zero_saves_only_the_last_step(tmp_path, monkeypatch):
+    import ragsoup.train as T
+
+    saved, save = [], T._save
+    monkeypatch.setattr(T, "_save", lambda model, tok, opt, cfg, step, out: (saved.append(step),
+                                                                             save(model, tok, opt, cfg, step, out)))
     out = tmp_path / "z"
     train(_cfg(out=str(out), steps=3, save_every=0))
-    assert torch.load(out / "trainer.pt", weights_only=False)["step"] == 3
-    assert (out / "last").is_dir()
+    assert saved == [3]
+    assert torch.load(out / "trainer.pt", weights_only=False)["step"] == 3 and (out / "last").is_dir()
 
 
 def test_bank_refresh_below_one_is_a_clear_error(tmp_path):
