@@ -6,6 +6,7 @@ threads=${THREADS:-2}
 # stage 1: from scratch, k from 1 up to 64 (curriculum), needle + distractor needles + two-hop; the schedule
 # spans 3000 steps, the shipped model used the first 2000 of them
 ragsoup train --preset default --until 2000 --threads "$threads"
+python "$(dirname "$0")/stage_ok.py" runs/default   # stop here if stage 1 never left the loss plateau
 # stage 2: k up to 512 through a filler-state bank, 3 extra questions per soup
 ragsoup train --preset default-k512 --threads "$threads"
 # stage 3: more key matching (distractor + multi-key needles), k up to 256

@@ -20,6 +20,7 @@ seed() {  # seed I DEFAULT...: stage I's seed options
 }
 ragsoup train --preset default --until 2000 --bank-size 512 --fresh-max 8 --bank-refresh 20 --out "$out-s1" \
     --threads "$threads" $(seed 0)
+python "$(dirname "$0")/stage_ok.py" "$out-s1"   # stop here if stage 1 never left the loss plateau
 ragsoup train --preset default-twohop --init "$out-s1/last" --out "$out-s2" --k-max 4 --steps 2400 \
     --eval-every 800 --save-every 400 --threads "$threads" $(seed 1)
 ragsoup train --preset default-twohop --init "$out-s2/last" --out "$out-s3" --k-max 4 --steps 2400 \

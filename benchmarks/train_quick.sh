@@ -6,6 +6,7 @@
 set -euo pipefail
 threads=${THREADS:-2}
 ragsoup train --preset default --until 2000 --out runs/quick-s1 --threads "$threads"
+python "$(dirname "$0")/stage_ok.py" runs/quick-s1   # stop here if stage 1 never left the loss plateau
 ragsoup train --preset default-k512 --init runs/quick-s1/last --out runs/quick-s2 --threads "$threads"
 ragsoup train --preset default-final --init runs/quick-s2/last --out runs/quick-s3 --threads "$threads"
 ragsoup background runs/quick-s3/last   # the background state that --pool centered reads

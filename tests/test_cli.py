@@ -858,3 +858,30 @@ def test_eval_hour_cells_parse_and_have_unique_names():
     for words in cells:
         ctx = eval_cmd.make_context("eval", ["--model", "x", "--json", *words[2:]])  # unknown options raise
         assert ctx.params["task"] and ctx.params["limit"] > 0, words
+
+
+def test_stage_guard_stops_a_recipe_whose_first_stage_reads_nothing(tmp_path, capsys):
+    """benchmarks/stage_ok.py fails on a run whose last held-out EM at k = 1 is 0, and each CPU recipe calls it."""
+    import importlib.util
+
+    root = Path(__file__).resolve().parents[1] / "benchmarks"
+    spec = importlib.util.spec_from_file_location("stage_ok", root / "stage_ok.py")
+    guard = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(guard)
+
+    def run_with(evals: list[dict]) -> int:
+        run = tmp_path / f"r{len(list(tmp_path.iterdir()))}"
+        run.mkdir()
+        recs = [{"step": 500 * (i + 1), "loss": 2.2, **({"eval": e} if e else {})} for i, e in enumerate(evals)]
+        (run / "log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
+        return guard.main([str(run)])
+
+    assert run_with([{"em@1": 0.0, "em@4": 0.0}, {}, {"em@1": 0.0, "em@4": 0.0}]) == 1
+    assert "never left the loss plateau" in capsys.readouterr().err
+    assert run_with([{"em@1": 0.0}, {"em@1": 25.0}]) == 0  # the last evaluation counts
+    assert run_with([{"em@1": 60.0}, {"em@1": 0.0}]) == 1
+    assert run_with([{"em@5": 40.0}]) == 1 and "no held-out EM at k = 1" in capsys.readouterr().err
+    for script in ("train_default.sh", "train_quick.sh", "train_hour.sh"):
+        lines = (root / script).read_text().replace("\\\n", " ").splitlines()
+        first = next(i for i, ln in enumerate(lines) if ln.startswith("ragsoup train"))
+        assert "stage_ok.py" in lines[first + 1], script

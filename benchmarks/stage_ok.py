@@ -1,0 +1,53 @@
+"""Stop a multi-stage recipe when a stage ended on the loss plateau: its last held-out EM at k = 1 is still 0.
+
+    python benchmarks/stage_ok.py runs/hour-s1
+
+A run from scratch starts with the answer loss at chance (~2.2 nats a digit) and usually leaves it after a few
+hundred steps; with some seeds it never does (docs/models.md, section (k): `train_hour.sh` with SEED=200 read EM 0
+at every k after 2,000 steps, and the next stage did not rescue it). Building the later stages on such a model
+wastes most of an hour, so the recipe checks here and stops with exit code 1 and a line that says what to do.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def last_em_at_1(run: Path) -> tuple[int, float] | None:
+    """The step and EM at k = 1 of the run's last held-out evaluation (None: no evaluation at k = 1 logged)."""
+    found = None
+    for line in (run / "log.jsonl").read_text().splitlines():
+        rec = json.loads(line)
+        if "em@1" in rec.get("eval", {}):
+            found = (rec["step"], float(rec["eval"]["em@1"]))
+    return found
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Exit 0 when the run's last EM at k = 1 is above --min-em, else 1 with one line on stderr."""
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("run", type=Path, help="The stage's run directory (with log.jsonl).")
+    ap.add_argument("--min-em", type=float, default=0.0, help="Fail at or below this EM at k = 1 (default 0).")
+    args = ap.parse_args(argv)
+    if not (args.run / "log.jsonl").is_file():
+        print(f"stage_ok: no log.jsonl in {args.run}: pass a run directory of `ragsoup train`", file=sys.stderr)
+        return 1
+    last = last_em_at_1(args.run)
+    if last is None:
+        print(f"stage_ok: {args.run} logged no held-out EM at k = 1: train it with --eval-ks including 1",
+              file=sys.stderr)
+        return 1
+    step, em = last
+    if em <= args.min_em:
+        print(f"stage_ok: {args.run} reads nothing (held-out EM {em:.1f} at k = 1, step {step}): it never left the "
+              "loss plateau; start the recipe again with another seed (train_hour.sh: SEED=N; train: --seed N)", file=sys.stderr)
+        return 1
+    print(f"stage_ok: {args.run}: held-out EM {em:.1f} at k = 1, step {step}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
