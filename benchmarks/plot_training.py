@@ -8,7 +8,6 @@ Usage: python benchmarks/plot_training.py OUT.png RUN [RUN ...]
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
@@ -17,15 +16,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-
-def load_log(run: Path) -> list[dict]:
-    """Records of log.jsonl, one per step (the last one wins when a resumed run replayed steps)."""
-    by_step: dict[int, dict] = {}
-    for line in (run / "log.jsonl").read_text().splitlines():
-        if line.strip():
-            rec = json.loads(line)
-            by_step[rec["step"]] = rec
-    return [by_step[s] for s in sorted(by_step)]
+from ragsoup.train import read_log  # noqa: E402
 
 
 def plot(runs: list[Path], out: Path, window: int = 50, overlay: bool = False) -> None:
@@ -35,7 +26,7 @@ def plot(runs: list[Path], out: Path, window: int = 50, overlay: bool = False) -
     offset = 0
     colors: dict[str, str] = {}
     for i, run in enumerate(runs):
-        recs = load_log(run)
+        recs = read_log(run)
         steps = [offset + r["step"] for r in recs]
         loss = [r["loss"] for r in recs]
         smooth = [sum(loss[max(0, j - window + 1) : j + 1]) / len(loss[max(0, j - window + 1) : j + 1]) for j in range(len(loss))]

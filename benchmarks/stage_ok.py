@@ -11,19 +11,16 @@ wastes most of an hour, so the recipe checks here and stops with exit code 1 and
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
+
+from ragsoup.train import read_log
 
 
 def last_em_at_1(run: Path) -> tuple[int, float] | None:
     """The step and EM at k = 1 of the run's last held-out evaluation (None: no evaluation at k = 1 logged)."""
-    found = None
-    for line in (run / "log.jsonl").read_text().splitlines():
-        rec = json.loads(line)
-        if "em@1" in rec.get("eval", {}):
-            found = (rec["step"], float(rec["eval"]["em@1"]))
-    return found
+    evals = [rec for rec in read_log(run) if "em@1" in rec.get("eval", {})]
+    return (evals[-1]["step"], float(evals[-1]["eval"]["em@1"])) if evals else None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -43,7 +40,8 @@ def main(argv: list[str] | None = None) -> int:
     step, em = last
     if em <= args.min_em:
         print(f"stage_ok: {args.run} reads nothing (held-out EM {em:.1f} at k = 1, step {step}): it never left the "
-              "loss plateau; start the recipe again with another seed (train_hour.sh: SEED=N; train: --seed N)", file=sys.stderr)
+              "loss plateau; start the recipe again with another seed (train_hour.sh: SEED=N; train: --seed N)",
+              file=sys.stderr)
         return 1
     print(f"stage_ok: {args.run}: held-out EM {em:.1f} at k = 1, step {step}")
     return 0

@@ -528,10 +528,9 @@ def train(cfg: TrainConfig, resume: bool = False, on_log: Log | None = None, dev
             raise RagsoupError(f"--bank-prose-frac must be between 0 and 1 (got {cfg.bank_prose_frac})")
     if cfg.arch not in ("mamba2", "transformer"):
         raise RagsoupError(f"unknown arch '{cfg.arch}': use mamba2 or transformer")
+    bank_minimum = dict(bank_refresh=1, fresh_max=1) if cfg.bank_size > 0 else {}
     cfg.check_ranges(batch_size=1, k_ramp_steps=0, extra_questions=0, extra_min_k=0, bank_size=0, ckpt_group=0,
-                     eval_every=0, eval_n=1, save_every=0, until=0, max_tokens=1)
-    if cfg.bank_size > 0:
-        cfg.check_ranges(bank_refresh=1, fresh_max=1)
+                     eval_every=0, eval_n=1, save_every=0, until=0, max_tokens=1, **bank_minimum)
     if not 1 <= cfg.k_min <= cfg.k_max:
         raise RagsoupError(f"need 1 <= --k-min <= --k-max (got {cfg.k_min}, {cfg.k_max})")
     check_tasks(cfg)
@@ -620,6 +619,16 @@ def _frozen_encoder(cfg: TrainConfig, model: Mamba2LM, tok: Tokenizer, out: Path
 def wall_deadline(cfg: OptimConfig) -> float:
     """The ``time.monotonic()`` after which a run stops at the end of its step (inf without --max-minutes)."""
     return time.monotonic() + cfg.max_minutes * 60 if cfg.max_minutes > 0 else math.inf
+
+
+def read_log(run: Path) -> list[dict]:
+    """Records of a run's log.jsonl, one per step (the last one wins when a resumed run replayed steps)."""
+    by_step: dict[int, dict] = {}
+    for line in (Path(run) / "log.jsonl").read_text().splitlines():
+        if line.strip():
+            rec = json.loads(line)
+            by_step[rec["step"]] = rec
+    return [by_step[s] for s in sorted(by_step)]
 
 
 def truncate_log(path: Path, step: int) -> None:
