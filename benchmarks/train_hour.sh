@@ -2,6 +2,8 @@
 # The one-hour recipe for a model that does everything the shipped one does (docs/models.md, "Both skills in 58 minutes"):
 # 1. stage 1 of the shipped recipe (from scratch, k 1->64, needle + distractor + two-hop), with the filler-state bank
 #    from the start: above k = 8 the extra passages are bank states, so the large-k steps cost what k = 8 costs;
+#    k stays 1 until the training loss has left its starting plateau (--k-hold-loss 1.5: the mean of 50 steps
+#    below 1.5 nats), then grows over 2,000 steps (a seed whose k grew while still on the plateau never left it);
 # 2. chaining two facts: stage 5's task mix (two-hop 4 : needle 1 : distractor 1) at k 2-4, two runs of 2,400 steps
 #    (the second a fresh cosine from the first's end, another data seed);
 # 3. large k again: stage 6's preset (filler bank up to k = 512, half of it Gutenberg prose, two-hop kept in the mix)
@@ -18,8 +20,8 @@ seed() {  # seed I DEFAULT...: stage I's seed options
     local i=$1; shift
     if [ -n "${SEED:-}" ]; then echo "--seed $((SEED + i))"; else echo "$@"; fi
 }
-ragsoup train --preset default --until 2000 --bank-size 512 --fresh-max 8 --bank-refresh 20 --out "$out-s1" \
-    --threads "$threads" $(seed 0)
+ragsoup train --preset default --until 2000 --bank-size 512 --fresh-max 8 --bank-refresh 20 --k-hold-loss 1.5 \
+    --out "$out-s1" --threads "$threads" $(seed 0)
 python "$(dirname "$0")/stage_ok.py" "$out-s1"   # stop here if stage 1 never left the loss plateau
 ragsoup train --preset default-twohop --init "$out-s1/last" --out "$out-s2" --k-max 4 --steps 2400 \
     --eval-every 800 --save-every 400 --threads "$threads" $(seed 1)

@@ -263,6 +263,7 @@ def train(
     k_min: Optional[int] = typer.Option(None, help="Fewest passages per example."),
     k_max: Optional[int] = typer.Option(None, help="Most passages per example (curriculum target)."),
     k_ramp_steps: Optional[int] = typer.Option(None, help="Steps over which the largest k grows from k-min to k-max."),
+    k_hold_loss: Optional[float] = typer.Option(None, help="Hold k at k-min (the ramp waits) until the mean training loss of the last 50 steps is below this (0: off)."),
     steps: Optional[int] = typer.Option(None, help="Optimizer steps."),
     batch_size: Optional[int] = typer.Option(None, help="Examples per step."),
     lr: Optional[float] = typer.Option(None, help="Peak learning rate."),
@@ -300,7 +301,8 @@ def train(
         raise RagsoupError(f"unknown preset '{preset}': use one of {', '.join(PRESETS)}")
     base = dict(PRESETS[preset]) if preset else {}
     given = dict(out=out, tasks=tasks, mode=mode, pool=pool, k_min=k_min, k_max=k_max, k_ramp_steps=k_ramp_steps,
-                 steps=steps, batch_size=batch_size, lr=lr, warmup_steps=warmup_steps, passage_chars=passage_chars,
+                 k_hold_loss=k_hold_loss, steps=steps, batch_size=batch_size, lr=lr, warmup_steps=warmup_steps,
+                 passage_chars=passage_chars,
                  seed=seed, ckpt_group=ckpt_group, eval_every=eval_every, eval_ks=eval_ks, save_every=save_every,
                  init=init, tokenizer=tokenizer, extra_questions=extra_questions, extra_min_k=extra_min_k, bank_size=bank_size,
                  bank_refresh=bank_refresh, fresh_max=fresh_max, bank_prose=bank_prose, bank_prose_frac=bank_prose_frac,

@@ -13,6 +13,7 @@ import json
 import math
 import random
 import time
+from collections import deque
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Callable
@@ -74,6 +75,10 @@ class TrainConfig(OptimConfig):
     k_min: int = 1
     k_max: int = 16
     k_ramp_steps: int = 0  # curriculum: the largest k grows (log-scale) from k_min to k_max over these steps
+    # hold k at k_min (the ramp waits) until the mean training loss of the last HOLD_WINDOW steps is below this
+    # (0: off); a run from scratch sits at chance for a few hundred steps, and a seed that is still there when
+    # k grows may never learn (docs/models.md, section (k))
+    k_hold_loss: float = 0.0
     batch_size: int = 8
     freeze_encoder: bool = False
     loss_on_question: bool = False
@@ -211,11 +216,42 @@ def parse_mix(spec: str) -> list[tuple[str, float]]:
     return out
 
 
-def k_for_step(cfg: TrainConfig, rng: random.Random, step: int) -> int:
-    """Number of passages for this step: log-uniform in [k_min, curriculum bound]."""
-    frac = 1.0 if cfg.k_ramp_steps <= 0 else min(1.0, step / cfg.k_ramp_steps)
+def k_for_step(cfg: TrainConfig, rng: random.Random, step: int, ramp_start: int | None = 0) -> int:
+    """Number of passages for this step: log-uniform in [k_min, curriculum bound]; the bound's ramp starts at
+    ``ramp_start`` (None: not yet, k = k_min)."""
+    if ramp_start is None:
+        frac = 0.0
+    elif cfg.k_ramp_steps <= 0:
+        frac = 1.0
+    else:
+        frac = min(1.0, max(0, step - ramp_start) / cfg.k_ramp_steps)
     hi = cfg.k_min * (cfg.k_max / cfg.k_min) ** frac
     return max(cfg.k_min, min(cfg.k_max, int(round(math.exp(rng.uniform(math.log(cfg.k_min), math.log(hi)))))))
+
+
+HOLD_WINDOW = 50  # steps whose mean training loss --k-hold-loss compares
+
+
+class RampHold:
+    """When the k curriculum's ramp starts: step 0 without --k-hold-loss, else the first step at which the mean
+    loss of the last HOLD_WINDOW steps is below it (``start`` is None until then)."""
+
+    def __init__(self, threshold: float, past: list[dict] = ()) -> None:
+        self.threshold = threshold
+        self.start: int | None = 0 if threshold <= 0 else None
+        self.recent: deque[float] = deque(maxlen=HOLD_WINDOW)
+        for rec in past:  # a resumed run replays its log's losses
+            self.observe(rec["step"], rec["loss"])
+
+    def observe(self, step: int, loss: float) -> bool:
+        """Take the loss logged at ``step``; True when the ramp starts at this step."""
+        if self.start is not None:
+            return False
+        self.recent.append(loss)
+        if len(self.recent) == HOLD_WINDOW and sum(self.recent) / HOLD_WINDOW < self.threshold:
+            self.start = step
+            return True
+        return False
 
 
 SQUAD_TASKS = ("squad", "squad-segments")
@@ -250,11 +286,11 @@ def draw_example(cfg: TrainConfig, task: str, rng: random.Random, k: int, heldou
     return pool.example(rng, rec, k, same_article=1, segment_chars=cfg.passage_chars if task == "squad-segments" else 0)
 
 
-def make_batch(cfg: TrainConfig, step: int) -> tuple[int, list[SoupExample]]:
-    """The examples of one step, a pure function of (seed, step) so that resuming replays the same data."""
+def make_batch(cfg: TrainConfig, step: int, ramp_start: int | None = 0) -> tuple[int, list[SoupExample]]:
+    """The examples of one step, a pure function of (seed, step, ramp_start) so that resuming replays the same data."""
     rng = random.Random(f"{cfg.seed}:{step}")
     mix = parse_mix(cfg.tasks)
-    k = k_for_step(cfg, rng, step)
+    k = k_for_step(cfg, rng, step, ramp_start)
     k_fresh = min(k, cfg.fresh_max) if cfg.bank_size > 0 else k
     names, weights = zip(*mix)
     batch = [
@@ -529,7 +565,7 @@ def train(cfg: TrainConfig, resume: bool = False, on_log: Log | None = None, dev
     if cfg.arch not in ("mamba2", "transformer"):
         raise RagsoupError(f"unknown arch '{cfg.arch}': use mamba2 or transformer")
     bank_minimum = dict(bank_refresh=1, fresh_max=1) if cfg.bank_size > 0 else {}
-    cfg.check_ranges(batch_size=1, k_ramp_steps=0, extra_questions=0, extra_min_k=0, bank_size=0, ckpt_group=0,
+    cfg.check_ranges(batch_size=1, k_ramp_steps=0, k_hold_loss=0, extra_questions=0, extra_min_k=0, bank_size=0, ckpt_group=0,
                      eval_every=0, eval_n=1, save_every=0, until=0, max_tokens=1, **bank_minimum)
     if not 1 <= cfg.k_min <= cfg.k_max:
         raise RagsoupError(f"need 1 <= --k-min <= --k-max (got {cfg.k_min}, {cfg.k_max})")
@@ -561,12 +597,13 @@ def train(cfg: TrainConfig, resume: bool = False, on_log: Log | None = None, dev
 
     use_amp = torch.device(device).type == "cuda"
     bank = FillerBank(cfg) if cfg.bank_size > 0 else None
+    hold = RampHold(cfg.k_hold_loss, read_log(out) if step > 0 else [])
     t_last, ex_acc, tok_acc = time.perf_counter(), 0, 0
     try:
         stop = min(cfg.steps, cfg.until) if cfg.until > 0 else cfg.steps
         deadline = wall_deadline(cfg)
         while step < stop:
-            k, batch = make_batch(cfg, step)
+            k, batch = make_batch(cfg, step, hold.start)
             if bank is not None and (bank.rows is None or step % cfg.bank_refresh == 0):
                 model.eval()
                 bank.refresh(encoder or model, tok, step)
@@ -582,6 +619,8 @@ def train(cfg: TrainConfig, resume: bool = False, on_log: Log | None = None, dev
                    "grad_norm": round(float(gnorm), 4), "ex_per_s": round(ex_acc / (now - t_last), 2),
                    "tok_per_s": round(tok_acc / (now - t_last), 1)}
             t_last, ex_acc, tok_acc = now, 0, 0
+            if hold.observe(step, rec["loss"]):
+                rec["ramp_start"] = step
             last = step == stop or time.monotonic() >= deadline
             if cfg.eval_every > 0 and (step % cfg.eval_every == 0 or last):
                 rec["eval"] = run_eval(model, tok, cfg, sets, encoder, bank)

@@ -241,7 +241,7 @@ def test_resume_without_checkpoint_raises(tmp_path):
 
 @pytest.mark.parametrize(
     "kw,msg", [({"pool": "avg"}, "pooling"), ({"pool": "centered"}, "bank-size"), ({"mode": "rnn"}, "mode"),
-               ({"k_min": 4, "k_max": 2}, "k-min")]
+               ({"k_min": 4, "k_max": 2}, "k-min"), ({"k_hold_loss": -1.0}, "k-hold-loss")]
 )
 def test_bad_config_raises(tmp_path, kw, msg):
     with pytest.raises(RagsoupError, match=msg):
@@ -303,6 +303,51 @@ def test_k_for_step_bounds_and_curriculum():
     assert min(ks) == 2 and max(ks) == 16
     fixed = replace(cfg, k_min=3, k_max=3)
     assert {k_for_step(fixed, rng, s) for s in range(0, 200, 7)} == {3}
+
+
+def test_k_for_step_holds_k_min_until_the_ramp_starts():
+    cfg = _cfg(k_min=1, k_max=16, k_ramp_steps=100)
+    assert {k_for_step(cfg, random.Random(s), 10_000, None) for s in range(200)} == {1}  # held: no ramp yet
+    assert {k_for_step(cfg, random.Random(s), 700, 700) for s in range(200)} == {1}  # the ramp's first step
+    # a ramp started at step 700 is the ramp from step 0, 700 steps later
+    assert [k_for_step(cfg, random.Random(s), 750, 700) for s in range(200)] == \
+        [k_for_step(cfg, random.Random(s), 50) for s in range(200)]
+    assert max(k_for_step(cfg, random.Random(s), 800, 700) for s in range(200)) == 16
+    flat = replace(cfg, k_ramp_steps=0)  # no curriculum: the full range as soon as the hold ends
+    assert {k_for_step(flat, random.Random(s), 5, None) for s in range(50)} == {1}
+    assert max(k_for_step(flat, random.Random(s), 5, 5) for s in range(200)) == 16
+
+
+def test_ramp_hold_starts_at_the_first_window_whose_mean_loss_is_below_the_threshold():
+    losses = [2.0] * 60 + [0.0] * 40  # the 50-step mean falls below 1.0 once 26 of its losses are 0 (step 86)
+    hold = T.RampHold(1.0)
+    started = [step for step, loss in enumerate(losses, 1) if hold.observe(step, loss)]
+    assert started == [86] and hold.start == 86
+    assert T.RampHold(1.0, [{"step": s, "loss": x} for s, x in enumerate(losses[:85], 1)]).start is None
+    assert T.RampHold(1.0, [{"step": s, "loss": x} for s, x in enumerate(losses, 1)]).start == 86  # replayed log
+    assert T.RampHold(0.0).start == 0  # off: the ramp runs from step 0
+    never = T.RampHold(0.5)
+    assert not any(never.observe(step, loss) for step, loss in enumerate(losses[:60], 1)) and never.start is None
+
+
+def test_k_hold_loss_keeps_k_at_k_min_until_the_loss_falls_and_survives_resume(tmp_path, monkeypatch):
+    monkeypatch.setattr(T, "HOLD_WINDOW", 3)
+    base = _cfg(k_min=1, k_max=4, k_ramp_steps=0, steps=6, save_every=2)
+    train(replace(base, out=str(tmp_path / "free")))
+    assert max(r["k"] for r in _log(tmp_path / "free")) > 1  # without the hold k varies from the first step
+    train(replace(base, out=str(tmp_path / "never"), k_hold_loss=1e-6))  # a loss never reached: k stays 1
+    assert [r["k"] for r in _log(tmp_path / "never")] == [1] * 6
+    assert not any("ramp_start" in r for r in _log(tmp_path / "never"))
+    held = replace(base, out=str(tmp_path / "held"), k_hold_loss=100.0)  # reached by the first full window
+    train(held)
+    log = _log(tmp_path / "held")
+    assert [r["step"] for r in log if "ramp_start" in r] == [3] and log[2]["ramp_start"] == 3
+    assert [r["k"] for r in log[:3]] == [1, 1, 1] and max(r["k"] for r in log[3:]) > 1
+    part = replace(held, out=str(tmp_path / "part"), until=4)  # resume rebuilds the ramp's start from the log
+    train(part)
+    train(replace(part, until=0), resume=True)
+    assert [(r["k"], r.get("ramp_start")) for r in _log(tmp_path / "part")] == \
+        [(r["k"], r.get("ramp_start")) for r in log]
 
 
 def test_make_batch_is_a_pure_function_of_seed_and_step():
