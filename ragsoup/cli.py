@@ -327,6 +327,8 @@ def train(
             prog.update(task, completed=rec["step"], info=info)
             if "eval" in rec:
                 prog.console.print(f"step {rec['step']}: " + ", ".join(f"EM@{k.split('@')[1]} {v:.1f}" for k, v in rec["eval"].items()))
+            if "ramp_start" in rec:
+                prog.console.print(f"step {rec['step']}: mean loss below --k-hold-loss {cfg.k_hold_loss}: k grows from here")
 
         final = run_train(cfg, resume=resume, on_log=on_log, device=dev)
     console.print(f"[green]saved[/] {final}")

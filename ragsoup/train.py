@@ -565,8 +565,8 @@ def train(cfg: TrainConfig, resume: bool = False, on_log: Log | None = None, dev
     if cfg.arch not in ("mamba2", "transformer"):
         raise RagsoupError(f"unknown arch '{cfg.arch}': use mamba2 or transformer")
     bank_minimum = dict(bank_refresh=1, fresh_max=1) if cfg.bank_size > 0 else {}
-    cfg.check_ranges(batch_size=1, k_ramp_steps=0, k_hold_loss=0, extra_questions=0, extra_min_k=0, bank_size=0, ckpt_group=0,
-                     eval_every=0, eval_n=1, save_every=0, until=0, max_tokens=1, **bank_minimum)
+    cfg.check_ranges(batch_size=1, k_ramp_steps=0, k_hold_loss=0, extra_questions=0, extra_min_k=0, bank_size=0,
+                     ckpt_group=0, eval_every=0, eval_n=1, save_every=0, until=0, max_tokens=1, **bank_minimum)
     if not 1 <= cfg.k_min <= cfg.k_max:
         raise RagsoupError(f"need 1 <= --k-min <= --k-max (got {cfg.k_min}, {cfg.k_max})")
     check_tasks(cfg)
@@ -604,7 +604,9 @@ def train(cfg: TrainConfig, resume: bool = False, on_log: Log | None = None, dev
         deadline = wall_deadline(cfg)
         while step < stop:
             k, batch = make_batch(cfg, step, hold.start)
-            if bank is not None and (bank.rows is None or step % cfg.bank_refresh == 0):
+            # while k is held at k_min the bank is unused (bar the centered pool's background): no re-encodes
+            idle_bank = hold.start is None and cfg.k_min <= cfg.fresh_max and cfg.pool != "centered"
+            if bank is not None and not idle_bank and (bank.rows is None or step % cfg.bank_refresh == 0):
                 model.eval()
                 bank.refresh(encoder or model, tok, step)
                 model.train()

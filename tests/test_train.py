@@ -350,6 +350,34 @@ def test_k_hold_loss_keeps_k_at_k_min_until_the_loss_falls_and_survives_resume(t
         [(r["k"], r.get("ramp_start")) for r in log]
 
 
+def test_the_filler_bank_is_not_re_encoded_while_k_is_held(tmp_path, monkeypatch):
+    calls: list[int] = []
+    real = T.FillerBank.refresh
+    monkeypatch.setattr(T.FillerBank, "refresh", lambda self, model, tok, step: (calls.append(step),
+                                                                               real(self, model, tok, step)))
+    base = _cfg(k_min=1, k_max=6, k_ramp_steps=0, steps=3, bank_size=6, fresh_max=2, bank_refresh=1, ckpt_group=0)
+    train(replace(base, out=str(tmp_path / "held"), k_hold_loss=1e-6))  # held for good: the bank is never needed
+    assert calls == []
+    train(replace(base, out=str(tmp_path / "free")))
+    assert calls == [0, 1, 2]
+    train(replace(base, out=str(tmp_path / "centered"), k_hold_loss=1e-6, pool="centered"))  # reads the bank's mean
+    assert calls[3:] == [0, 1, 2]
+
+
+def test_train_command_says_when_the_hold_ends_and_rejects_a_negative_threshold(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from ragsoup.cli import app
+
+    monkeypatch.setattr(T, "HOLD_WINDOW", 2)
+    common = ["train", "--preset", "tiny", "--out", str(tmp_path / "t"), "--steps", "3", "--eval-every", "0"]
+    res = CliRunner().invoke(app, [*common, "--k-hold-loss", "100"])
+    assert res.exit_code == 0, res.output
+    assert "step 2: mean loss below --k-hold-loss 100.0: k grows from here" in res.output
+    res = CliRunner().invoke(app, [*common, "--k-hold-loss", "-1"])
+    assert res.exit_code == 1 and "--k-hold-loss must be at least 0" in res.output and "Traceback" not in res.output
+
+
 def test_make_batch_is_a_pure_function_of_seed_and_step():
     cfg = _cfg(k_min=1, k_max=4, batch_size=3)
 
