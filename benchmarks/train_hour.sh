@@ -9,7 +9,8 @@
 # 3. large k again: stage 6's preset (filler bank up to k = 512, half of it Gutenberg prose, two-hop kept in the mix)
 #    on a 1,100-step schedule instead of 600.
 # 58 minutes on a 2-core CPU with nothing else running (stages: 18.3 + 11.9 + 11.6 + 15.9 minutes), 72 in a later run
-# (docs/models.md (k)).
+# (docs/models.md (k)), both before stage 1 held k; 67 with the hold for SEED=200, whose stage 1 without it never
+# left the plateau (docs/models.md (l)).
 # It falls a few points short of the three-hour shipped model (benchmarks/train_default.sh) at large k and on
 # two-hop questions with five given passages; docs/models.md has the figures.
 # SEED=N (optional) replaces the stages' own seeds with N, N+1, N+2, N+3: other runs of the same recipe, to see its spread.
