@@ -16,7 +16,7 @@ import time
 from collections import deque
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterable
 
 import torch
 import torch.nn.functional as F
@@ -77,7 +77,7 @@ class TrainConfig(OptimConfig):
     k_ramp_steps: int = 0  # curriculum: the largest k grows (log-scale) from k_min to k_max over these steps
     # hold k at k_min (the ramp waits) until the mean training loss of the last HOLD_WINDOW steps is below this
     # (0: off); a run from scratch sits at chance for a few hundred steps, and a seed that is still there when
-    # k grows may never learn (docs/models.md, section (k))
+    # k grows may never learn (docs/models.md, sections (k) and (l))
     k_hold_loss: float = 0.0
     batch_size: int = 8
     freeze_encoder: bool = False
@@ -236,7 +236,7 @@ class RampHold:
     """When the k curriculum's ramp starts: step 0 without --k-hold-loss, else the first step at which the mean
     loss of the last HOLD_WINDOW steps is below it (``start`` is None until then)."""
 
-    def __init__(self, threshold: float, past: list[dict] = ()) -> None:
+    def __init__(self, threshold: float, past: Iterable[dict] = ()) -> None:
         self.threshold = threshold
         self.start: int | None = 0 if threshold <= 0 else None
         self.recent: deque[float] = deque(maxlen=HOLD_WINDOW)
@@ -597,7 +597,8 @@ def train(cfg: TrainConfig, resume: bool = False, on_log: Log | None = None, dev
 
     use_amp = torch.device(device).type == "cuda"
     bank = FillerBank(cfg) if cfg.bank_size > 0 else None
-    hold = RampHold(cfg.k_hold_loss, read_log(out) if step > 0 else [])
+    replay = step > 0 and cfg.k_hold_loss > 0 and (out / "log.jsonl").exists()  # a resumed run's hold, from its log
+    hold = RampHold(cfg.k_hold_loss, read_log(out) if replay else [])
     t_last, ex_acc, tok_acc = time.perf_counter(), 0, 0
     try:
         stop = min(cfg.steps, cfg.until) if cfg.until > 0 else cfg.steps
