@@ -302,10 +302,11 @@ def train(
     base = dict(PRESETS[preset]) if preset else {}
     given = dict(out=out, tasks=tasks, mode=mode, pool=pool, k_min=k_min, k_max=k_max, k_ramp_steps=k_ramp_steps,
                  k_hold_loss=k_hold_loss, steps=steps, batch_size=batch_size, lr=lr, warmup_steps=warmup_steps,
-                 passage_chars=passage_chars, seed=seed, ckpt_group=ckpt_group, eval_every=eval_every, eval_ks=eval_ks, save_every=save_every,
-                 init=init, tokenizer=tokenizer, extra_questions=extra_questions, extra_min_k=extra_min_k, bank_size=bank_size,
-                 bank_refresh=bank_refresh, fresh_max=fresh_max, bank_prose=bank_prose, bank_prose_frac=bank_prose_frac,
-                 until=until, squad=squad, max_minutes=max_minutes)
+                 passage_chars=passage_chars, seed=seed, ckpt_group=ckpt_group, eval_every=eval_every, eval_ks=eval_ks,
+                 save_every=save_every, init=init, tokenizer=tokenizer, extra_questions=extra_questions,
+                 extra_min_k=extra_min_k, bank_size=bank_size, bank_refresh=bank_refresh, fresh_max=fresh_max,
+                 bank_prose=bank_prose, bank_prose_frac=bank_prose_frac, until=until, squad=squad,
+                 max_minutes=max_minutes)
     base.update({k: v for k, v in given.items() if v is not None})
     if freeze_encoder:
         base["freeze_encoder"] = True

@@ -591,8 +591,6 @@ def test_presets_are_valid_and_the_shipped_chain_links_stage_to_stage():
 
 
 def test_save_every_zero_saves_only_the_last_step(tmp_path, monkeypatch):
-    import ragsoup.train as T
-
     saved, save = [], T._save
     monkeypatch.setattr(T, "_save", lambda model, tok, opt, cfg, step, out: (saved.append(step),
                                                                              save(model, tok, opt, cfg, step, out)))
