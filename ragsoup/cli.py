@@ -264,6 +264,7 @@ def train(
     k_max: Optional[int] = typer.Option(None, help="Most passages per example (curriculum target)."),
     k_ramp_steps: Optional[int] = typer.Option(None, help="Steps over which the largest k grows from k-min to k-max."),
     k_hold_loss: Optional[float] = typer.Option(None, help="Hold k at k-min (the ramp waits) until the mean training loss of the last 50 steps is below this (0: off)."),
+    k_hold_extend: bool = typer.Option(False, "--k-hold-extend", help="Steps spent holding k (after warmup) do not count: the learning rate stays at its peak and the run ends that many steps later."),
     steps: Optional[int] = typer.Option(None, help="Optimizer steps."),
     batch_size: Optional[int] = typer.Option(None, help="Examples per step."),
     lr: Optional[float] = typer.Option(None, help="Peak learning rate."),
@@ -312,6 +313,8 @@ def train(
         base["freeze_encoder"] = True
     if loss_on_question:
         base["loss_on_question"] = True
+    if k_hold_extend:
+        base["k_hold_extend"] = True
     if resume and (Path(base.get("out", "runs/default")) / "train_config.json").exists():
         saved = json.loads((Path(base.get("out", "runs/default")) / "train_config.json").read_text())
         base = {**saved, **{k: v for k, v in given.items() if v is not None}}

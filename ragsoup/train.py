@@ -79,6 +79,9 @@ class TrainConfig(OptimConfig):
     # (0: off); a run from scratch sits at chance for a few hundred steps, and a seed that is still there when
     # k grows may never learn (docs/models.md, sections (k) and (l))
     k_hold_loss: float = 0.0
+    # the steps held after warmup do not count (needs k_hold_loss): the learning rate stays at its peak while k is
+    # held and the run (steps, until) ends that many steps later, so a late-leaving seed still gets its whole ramp
+    k_hold_extend: bool = False
     batch_size: int = 8
     freeze_encoder: bool = False
     loss_on_question: bool = False
@@ -252,6 +255,11 @@ class RampHold:
             self.start = step
             return True
         return False
+
+    def clock(self, step: int, warmup: int) -> int:
+        """The schedule's step after ``step`` steps when held steps past ``warmup`` do not count."""
+        held_until = step if self.start is None else min(step, self.start)
+        return step - max(0, held_until - warmup)
 
 
 SQUAD_TASKS = ("squad", "squad-segments")
@@ -569,6 +577,8 @@ def train(cfg: TrainConfig, resume: bool = False, on_log: Log | None = None, dev
                      ckpt_group=0, eval_every=0, eval_n=1, save_every=0, until=0, max_tokens=1, **bank_minimum)
     if not 1 <= cfg.k_min <= cfg.k_max:
         raise RagsoupError(f"need 1 <= --k-min <= --k-max (got {cfg.k_min}, {cfg.k_max})")
+    if cfg.k_hold_extend and cfg.k_hold_loss <= 0:
+        raise RagsoupError("--k-hold-extend leaves out the steps k is held: give --k-hold-loss X too (e.g. 1.5)")
     check_tasks(cfg)
     out = Path(cfg.out)
     torch.manual_seed(cfg.seed)
@@ -600,10 +610,17 @@ def train(cfg: TrainConfig, resume: bool = False, on_log: Log | None = None, dev
     replay = step > 0 and cfg.k_hold_loss > 0 and (out / "log.jsonl").exists()  # a resumed run's hold, from its log
     hold = RampHold(cfg.k_hold_loss, read_log(out) if replay else [])
     t_last, ex_acc, tok_acc = time.perf_counter(), 0, 0
+
+    def sched(step: int) -> int:  # the step that the schedule (learning rate, steps, --until) sees
+        return hold.clock(step, cfg.warmup_steps) if cfg.k_hold_extend else step
+
+    def done(step: int) -> bool:  # a run still held at its unextended end stops there: holding forever gains nothing
+        return sched(step) >= stop or (hold.start is None and step >= stop)
+
     try:
         stop = min(cfg.steps, cfg.until) if cfg.until > 0 else cfg.steps
         deadline = wall_deadline(cfg)
-        while step < stop:
+        while not done(step):
             k, batch = make_batch(cfg, step, hold.start)
             # while k is held at k_min the bank is unused (bar the centered pool's background): no re-encodes
             idle_bank = hold.start is None and cfg.k_min <= cfg.fresh_max and cfg.pool != "centered"
@@ -613,7 +630,7 @@ def train(cfg: TrainConfig, resume: bool = False, on_log: Log | None = None, dev
                 model.train()
             with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_amp):
                 loss, n_tok = loss_on_batch(model, tok, cfg, k, batch, bank, step, encoder)
-            gnorm = update(model, opt, loss, cfg, step)
+            gnorm = update(model, opt, loss, cfg, sched(step))
             step += 1
             ex_acc += len(batch)
             tok_acc += n_tok
@@ -624,7 +641,7 @@ def train(cfg: TrainConfig, resume: bool = False, on_log: Log | None = None, dev
             t_last, ex_acc, tok_acc = now, 0, 0
             if hold.observe(step, rec["loss"]):
                 rec["ramp_start"] = step
-            last = step == stop or time.monotonic() >= deadline
+            last = done(step) or time.monotonic() >= deadline
             if cfg.eval_every > 0 and (step % cfg.eval_every == 0 or last):
                 rec["eval"] = run_eval(model, tok, cfg, sets, encoder, bank)
                 t_last = time.perf_counter()

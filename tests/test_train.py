@@ -350,6 +350,27 @@ def test_k_hold_loss_keeps_k_at_k_min_until_the_loss_falls_and_survives_resume(t
         [(r["k"], r.get("ramp_start")) for r in log]
 
 
+def test_k_hold_extend_pauses_the_schedule_while_k_is_held_and_survives_resume(tmp_path, monkeypatch):
+    monkeypatch.setattr(T, "HOLD_WINDOW", 3)
+    base = _cfg(k_min=1, k_max=4, k_ramp_steps=0, steps=6, warmup_steps=1, save_every=2, k_hold_extend=True)
+    train(replace(base, out=str(tmp_path / "never"), k_hold_loss=1e-6))  # never leaves the hold: stops at step 6
+    assert [r["k"] for r in _log(tmp_path / "never")] == [1] * 6
+    held = replace(base, out=str(tmp_path / "held"), k_hold_loss=100.0)  # the ramp starts at step 3
+    train(held)
+    log = _log(tmp_path / "held")
+    # steps 2 and 3 were held past the 1-step warmup: the run is 2 steps longer and its lr stood still meanwhile
+    assert len(log) == 8 and log[2]["ramp_start"] == 3
+    assert [r["lr"] for r in log] == [T.lr_at(held, c) for c in (0, 1, 1, 1, 2, 3, 4, 5)]
+    assert log[-1]["lr"] < log[0]["lr"]
+    part = replace(held, out=str(tmp_path / "part"), until=4)  # 4 schedule steps = 6 steps; resume rebuilds the rest
+    train(part)
+    assert len(_log(tmp_path / "part")) == 6
+    train(replace(part, until=0), resume=True)
+    assert [(r["k"], r["lr"]) for r in _log(tmp_path / "part")] == [(r["k"], r["lr"]) for r in log]
+    with pytest.raises(RagsoupError, match="--k-hold-loss"):
+        train(replace(base, out=str(tmp_path / "no-threshold")))
+
+
 def test_the_filler_bank_is_not_re_encoded_while_k_is_held(tmp_path, monkeypatch):
     calls: list[int] = []
     real = T.FillerBank.refresh
@@ -376,6 +397,8 @@ def test_train_command_says_when_the_hold_ends_and_rejects_a_negative_threshold(
     assert "step 2: mean loss below --k-hold-loss 100.0: k grows from here" in res.output
     res = CliRunner().invoke(app, [*common, "--k-hold-loss", "-1"])
     assert res.exit_code == 1 and "--k-hold-loss must be at least 0" in res.output and "Traceback" not in res.output
+    res = CliRunner().invoke(app, [*common, "--k-hold-extend"])
+    assert res.exit_code == 1 and "give --k-hold-loss" in res.output and "Traceback" not in res.output
 
 
 def test_make_batch_is_a_pure_function_of_seed_and_step():
