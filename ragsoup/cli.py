@@ -323,11 +323,12 @@ def train(
     dev = pick_device(device)
     with Progress(TextColumn("[bold]training"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
                   TimeElapsedColumn(), TimeRemainingColumn(), console=err) as prog:
-        task = prog.add_task("train", total=cfg.steps, info="")
+        task = prog.add_task("train", total=cfg.last_step(), info="")
 
         def on_log(rec: dict) -> None:
             info = f"loss {rec['loss']:.3f} k {rec['k']} {rec['ex_per_s']:.1f} ex/s {rec['tok_per_s']:,.0f} tok/s"
-            prog.update(task, completed=rec["step"], info=info)
+            held = rec["step"] - rec.get("sched_step", rec["step"])  # steps --k-hold-extend added so far
+            prog.update(task, completed=rec["step"], total=cfg.last_step() + held, info=info)
             if "eval" in rec:
                 prog.console.print(f"step {rec['step']}: " + ", ".join(f"EM@{k.split('@')[1]} {v:.1f}" for k, v in rec["eval"].items()))
             if "ramp_start" in rec:
@@ -392,7 +393,7 @@ def pretrain(
     dev = pick_device(device)
     with Progress(TextColumn("[bold]pretraining"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
                   TimeElapsedColumn(), TimeRemainingColumn(), console=err) as prog:
-        task = prog.add_task("pretrain", total=cfg.steps, info="")
+        task = prog.add_task("pretrain", total=cfg.last_step(), info="")
 
         def on_log(rec: dict) -> None:
             prog.update(task, completed=rec["step"], info=f"loss {rec['loss']:.3f} {rec['tok_per_s']:,.0f} tok/s")

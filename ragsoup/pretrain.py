@@ -42,7 +42,6 @@ class PretrainConfig(OptimConfig):
     eval_every: int = 250
     eval_batches: int = 4
     save_every: int = 250  # 0: only the last step's checkpoint
-    until: int = 0
     init: str | None = None
     tokenizer: str = "bpe:2048"
     arch: str = "mamba2"
@@ -344,7 +343,7 @@ def pretrain(cfg: PretrainConfig, resume: bool = False, on_log: Callable[[dict],
     (out / "pretrain_config.json").write_text(json.dumps(asdict(cfg), indent=2))
     truncate_log(out / "log.jsonl", step)
     use_amp = torch.device(device).type == "cuda"
-    stop = min(cfg.steps, cfg.until) if cfg.until > 0 else cfg.steps
+    stop = cfg.last_step()
     deadline = wall_deadline(cfg)
     with open(out / "log.jsonl", "a") as logf:
         t_last = time.perf_counter()

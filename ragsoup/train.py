@@ -50,6 +50,11 @@ class OptimConfig:
     grad_clip: float = 1.0
     seed: int = 0
     max_minutes: float = 0.0  # stop, with a checkpoint, once a step ends past this wall-clock budget (0: no limit)
+    until: int = 0  # stop after this step (0: at `steps`); the schedule still spans `steps` (resumable chunks)
+
+    def last_step(self) -> int:
+        """The step the schedule stops after: ``until`` when set and sooner, else ``steps``."""
+        return min(self.steps, self.until) if self.until > 0 else self.steps
 
     @classmethod
     def from_dict(cls, d: dict):
@@ -105,7 +110,6 @@ class TrainConfig(OptimConfig):
     eval_n: int = 32
     save_every: int = 250  # 0: only the last step's checkpoint
     init: str | None = None
-    until: int = 0  # stop after this step (0: at `steps`); the schedule still spans `steps` (resumable chunks)
     tokenizer: str = "bpe:2048"  # "bytes" or "bpe:VOCAB" (trained on a sample of the task mix)
     squad: str | None = None  # SQuAD v1.1 JSON for the "squad" / "squad-segments" tasks (training articles only)
     model: dict = field(default_factory=dict)  # Mamba2Config fields (ignored with init)
@@ -618,7 +622,7 @@ def train(cfg: TrainConfig, resume: bool = False, on_log: Log | None = None, dev
         return sched(step) >= stop or (hold.start is None and step >= stop)
 
     try:
-        stop = min(cfg.steps, cfg.until) if cfg.until > 0 else cfg.steps
+        stop = cfg.last_step()
         deadline = wall_deadline(cfg)
         while not done(step):
             k, batch = make_batch(cfg, step, hold.start)
@@ -641,6 +645,8 @@ def train(cfg: TrainConfig, resume: bool = False, on_log: Log | None = None, dev
             t_last, ex_acc, tok_acc = now, 0, 0
             if hold.observe(step, rec["loss"]):
                 rec["ramp_start"] = step
+            if cfg.k_hold_extend:
+                rec["sched_step"] = sched(step)
             last = done(step) or time.monotonic() >= deadline
             if cfg.eval_every > 0 and (step % cfg.eval_every == 0 or last):
                 rec["eval"] = run_eval(model, tok, cfg, sets, encoder, bank)

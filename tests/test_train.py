@@ -361,6 +361,7 @@ def test_k_hold_extend_pauses_the_schedule_while_k_is_held_and_survives_resume(t
     # steps 2 and 3 were held past the 1-step warmup: the run is 2 steps longer and its lr stood still meanwhile
     assert len(log) == 8 and log[2]["ramp_start"] == 3
     assert [r["lr"] for r in log] == [T.lr_at(held, c) for c in (0, 1, 1, 1, 2, 3, 4, 5)]
+    assert [r["sched_step"] for r in log] == [1, 1, 1, 2, 3, 4, 5, 6]  # the schedule's clock, logged
     assert log[-1]["lr"] < log[0]["lr"]
     part = replace(held, out=str(tmp_path / "part"), until=4)  # 4 schedule steps = 6 steps; resume rebuilds the rest
     train(part)
