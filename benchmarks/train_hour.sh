@@ -4,6 +4,8 @@
 #    from the start: above k = 8 the extra passages are bank states, so the large-k steps cost what k = 8 costs;
 #    k stays 1 until the training loss has left its starting plateau (--k-hold-loss 1.5: the mean of 50 steps
 #    below 1.5 nats), then grows over 2,000 steps (a seed whose k grew while still on the plateau never left it);
+#    (--k-hold-extend, which adds the held steps to the schedule so that a late-leaving seed trains its whole ramp,
+#    did not make SEED=200 any better: docs/models.md (m))
 # 2. chaining two facts: stage 5's task mix (two-hop 4 : needle 1 : distractor 1) at k 2-4, two runs of 2,400 steps
 #    (the second a fresh cosine from the first's end, another data seed);
 # 3. large k again: stage 6's preset (filler bank up to k = 512, half of it Gutenberg prose, two-hop kept in the mix)
