@@ -614,6 +614,7 @@ def train(cfg: TrainConfig, resume: bool = False, on_log: Log | None = None, dev
     replay = step > 0 and cfg.k_hold_loss > 0 and (out / "log.jsonl").exists()  # a resumed run's hold, from its log
     hold = RampHold(cfg.k_hold_loss, read_log(out) if replay else [])
     t_last, ex_acc, tok_acc = time.perf_counter(), 0, 0
+    stop = cfg.last_step()
 
     def sched(step: int) -> int:  # the step that the schedule (learning rate, steps, --until) sees
         return hold.clock(step, cfg.warmup_steps) if cfg.k_hold_extend else step
@@ -622,7 +623,6 @@ def train(cfg: TrainConfig, resume: bool = False, on_log: Log | None = None, dev
         return sched(step) >= stop or (hold.start is None and step >= stop)
 
     try:
-        stop = cfg.last_step()
         deadline = wall_deadline(cfg)
         while not done(step):
             k, batch = make_batch(cfg, step, hold.start)
