@@ -194,7 +194,8 @@ def run_eval(task: str, data: str | Path | None = None, k: int = 5, mode: str = 
              on_batch: Callable[[int], None] | None = None, filler: str | Path | None = None,
              encoder: str | Path | None = None, split: str = "all", passage_chars: int | None = None,
              weights: str = "uniform", temperature: float | None = None,
-             background_text: str | None = None, extractive: bool = False) -> EvalResult:
+             background_text: str | None = None, extractive: bool = False,
+             predictions: str | Path | None = None) -> EvalResult:
     """Predict and score `task` examples (gold + distractor passages given, no retrieval); EM/F1 in percent.
 
     ``encoder``: a checkpoint that encodes the passages instead of ``model`` (decoder-only finetuned models).
@@ -204,11 +205,13 @@ def run_eval(task: str, data: str | Path | None = None, k: int = 5, mode: str = 
     ``background_text``: centered only: centre on the mean state of 512 passages of this text ("template" or a prose
     file) instead of the model's background file, like an index's corpus background.
     ``extractive``: answers decoded as spans of each example's passages.
+    ``predictions``: also write every question's record (``evaluate.prediction_records``) to this JSONL file.
     """
     from ragsoup.background import model_background, text_background
     from ragsoup.checkpoint import load_model
     from ragsoup.device import pick_device
-    from ragsoup.evaluate import predict, score
+    from ragsoup.evaluate import predict, prediction_records, score
+    from ragsoup.jsonl import write_jsonl
     from ragsoup.soup import DEFAULT_TEMPERATURE, check_pool, check_weighting
 
     if mode not in MODES:
@@ -221,6 +224,9 @@ def run_eval(task: str, data: str | Path | None = None, k: int = 5, mode: str = 
     if background_text and pool != "centered":
         raise RagsoupError("--background-text is what --pool centered centres on: use it with --pool centered")
     _check_positive("--batch-size", batch_size)
+    if predictions is not None and not Path(predictions).parent.is_dir():
+        raise RagsoupError(f"--predictions {predictions}: folder {Path(predictions).parent} does not exist; create it "
+                           "or write the file elsewhere")
     if task not in EVAL_TASKS:  # before loading anything
         raise RagsoupError(f"unknown task '{task}': use one of {', '.join(EVAL_TASKS)}")
     if passage_chars is not None or (task in EVAL_GENERATED_TASKS and data is None):
@@ -254,6 +260,8 @@ def run_eval(task: str, data: str | Path | None = None, k: int = 5, mode: str = 
         preds = [final_answer(p) for p in preds]
         examples = [replace(ex, answer=final_answer(ex.answer), answers=[]) for ex in examples]
     s = score(preds, examples)
+    if predictions is not None:
+        write_jsonl(Path(predictions), prediction_records(preds, examples))
     return EvalResult(task=task, mode=mode, k=k, n=s["n"], em=s["em"], f1=s["f1"], weights=weights,
                       extractive=extractive)
 

@@ -520,6 +520,7 @@ def eval_cmd(
     encoder: Optional[str] = typer.Option(None, help="A separate checkpoint that encodes the passages (decoder-only finetuned models: their OUT/encoder)."),
     passage_chars: Optional[int] = typer.Option(None, "--passage-chars", help="Generated tasks: characters per passage (default: the length the model was trained on)."),
     extractive: bool = typer.Option(False, "--extractive", help="Decode each answer as a span of its passages: at each step the model's best-scored token that keeps the answer a substring of the passages' text."),
+    predictions: Optional[Path] = typer.Option(None, "--predictions", help="Also write one JSON line per question (question, answers, prediction, em, f1, gold, others: the answers of the other needles in its passages) to this file."),
     json_out: bool = typer.Option(False, "--json", help="Print exactly one JSON object."),
 ) -> None:
     """Answer quality alone: each question's gold + distractor passages are given (no retrieval)."""
@@ -544,7 +545,7 @@ def eval_cmd(
                        batch_size=batch_size, max_new_tokens=max_new_tokens, on_start=on_start, on_batch=on_batch,
                        filler=filler, encoder=encoder, split=split, passage_chars=passage_chars,
                        weights=weights, temperature=temperature, background_text=background_text,
-                       extractive=extractive)
+                       extractive=extractive, predictions=predictions)
     if json_out:
         _print_json(res.to_json())
         return
@@ -555,6 +556,8 @@ def eval_cmd(
                   res.weights if res.mode == "soup" else "-", str(res.n),
                   f"{res.em:.1f}", f"{res.f1:.1f}")
     console.print(table)
+    if predictions is not None:
+        console.print(f"predictions: {predictions}")
 
 
 @app.command()

@@ -67,6 +67,17 @@ def predict(model: Mamba2LM, tok: Tokenizer, examples: Sequence[SoupExample], mo
     return out
 
 
+def prediction_records(predictions: Sequence[str], examples: Sequence[SoupExample]) -> list[dict]:
+    """One record per example: question, accepted answers, prediction, its EM/F1 (0/1 and 0-1), gold passage
+    indices, and the answers of the other questions its passages answer (other needles' values)."""
+    out = []
+    for p, ex in zip(predictions, examples):
+        em, f1 = best_em_f1(p, ex.answers)
+        out.append({"question": ex.question, "answers": ex.answers, "prediction": p, "em": em, "f1": f1,
+                    "gold": ex.gold, "others": [a for _, a in ex.extra]})
+    return out
+
+
 def score(predictions: Sequence[str], examples: Sequence[SoupExample]) -> dict:
     """EM and F1 in percent (best over each example's accepted answers)."""
     pairs = [best_em_f1(p, ex.answers) for p, ex in zip(predictions, examples)]

@@ -1,9 +1,11 @@
-"""Reading JSON Lines: one loop, one error message, shared by corpora, questions files and prose fillers."""
+"""JSON Lines: one reading loop with one error message (corpora, questions files, prose fillers) and one atomic
+writer (make-corpus files, eval predictions)."""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+import os
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
@@ -19,3 +21,26 @@ def iter_jsonl(f: IO[str], path: str | Path, error: type[RagsoupError] = Ragsoup
             yield lineno, json.loads(line)
         except json.JSONDecodeError as exc:
             raise error(f"{path}:{lineno}: not valid JSON ({exc.msg}): fix or remove line {lineno}") from exc
+
+
+def jsonl_text(rows: Iterable[Any]) -> str:
+    """One JSON object per line (UTF-8 kept as is)."""
+    return "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    """Write text to a temp file beside ``path`` and move it into place; an OSError becomes a RagsoupError."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "w", encoding="utf-8", newline="\n") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise RagsoupError(f"cannot write {path}: {e}") from e
+
+
+def write_jsonl(path: str | Path, rows: Iterable[Any]) -> None:
+    """Write rows as a JSON Lines file, atomically."""
+    atomic_write_text(path, jsonl_text(rows))

@@ -885,3 +885,24 @@ def test_stage_guard_stops_a_recipe_whose_first_stage_reads_nothing(tmp_path, ca
         lines = (root / script).read_text().replace("\\\n", " ").splitlines()
         first = next(i for i, ln in enumerate(lines) if ln.startswith("ragsoup train"))
         assert "stage_ok.py" in lines[first + 1], script
+
+
+def test_blends_script_tells_a_wrong_key_from_a_positional_blend(tmp_path, capsys):
+    """benchmarks/blends.py sorts distractor-needle predictions into right / other / blend / else."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("blends", Path(__file__).resolve().parents[1] / "benchmarks" / "blends.py")
+    blends = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(blends)
+    others = ["319630", "555555"]
+    assert blends.classify(" 933820", "933820", others) == "right"
+    assert blends.classify("555555", "933820", others) == "other"
+    assert blends.classify("319820", "933820", others) == "blend"  # 3 1 9 from one value, 8 2 0 from the answer
+    assert blends.classify("935525", "933820", others) == "blend"  # position by position, any of the three
+    assert blends.classify("93382", "933820", others) == "else"  # too short
+    assert blends.classify("111111", "933820", others) == "else"
+    path = tmp_path / "p.jsonl"
+    recs = [("933820", "933820"), ("319820", "933820"), ("555555", "933820"), ("000000", "933820")]
+    path.write_text("".join(json.dumps({"prediction": p, "answers": [a], "others": others}) + "\n" for p, a in recs))
+    assert blends.main([str(path), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == {"n": 4, "right": 25.0, "other": 25.0, "blend": 25.0, "else": 25.0}

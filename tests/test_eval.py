@@ -90,6 +90,27 @@ def test_eval_reads_a_make_corpus_directory(tiny_model, tmp_path):
     assert res.n == 3
 
 
+def test_eval_predictions_file_holds_every_question_with_its_prediction_and_the_other_needles(tiny_model, tmp_path):
+    from ragsoup.checkpoint import load_model
+    from ragsoup.evaluate import predict
+
+    out = tmp_path / "pred.jsonl"
+    obj = _json(_run(["eval", "--task", "needle-distractor", "--k", "3", "--limit", "4", "--model", str(tiny_model),
+                      "--device", "cpu", "--max-new-tokens", "4", "--predictions", str(out), "--json"]))
+    recs = [json.loads(line) for line in out.read_text().splitlines()]
+    examples = eval_examples("needle-distractor", None, 3, 4, 0, 60)
+    loaded = load_model(tiny_model)
+    preds = predict(loaded.model, loaded.tokenizer, examples, max_new_tokens=4)
+    assert [r["question"] for r in recs] == [ex.question for ex in examples]
+    assert [r["prediction"] for r in recs] == preds
+    for r, ex in zip(recs, examples):
+        assert r["answers"] == [ex.answer] and r["gold"] == ex.gold
+        assert len(r["others"]) == 2 and ex.answer not in r["others"]
+        assert all(any(v in d for d in ex.docs) for v in r["others"])
+        assert r["em"] == float(r["prediction"].strip() == ex.answer)
+    assert 100 * sum(r["em"] for r in recs) / 4 == obj["em"]
+
+
 def test_eval_human_output_is_a_table(tiny_model):
     r = _run(["eval", "--task", "needle-distractor", "--k", "2", "--limit", "2", "--model", str(tiny_model),
               "--device", "cpu", "--max-new-tokens", "4"])
@@ -104,6 +125,7 @@ def test_eval_human_output_is_a_table(tiny_model):
     (["--task", "needle", "--data", "no/such/dir"], "not found"),
     (["--task", "needle", "--mode", "stack"], "unknown mode"),
     (["--task", "needle", "--k", "0"], "--k must be at least 1"),
+    (["--task", "needle", "--predictions", "no/such/dir/p.jsonl"], "does not exist"),
     (["--task", "needle", "--mode", "concat", "--weights", "retrieval"], "use it with --mode soup"),
     (["--task", "needle", "--pool", "sum", "--weights", "retrieval"], "--weights uniform"),
 ])

@@ -9,14 +9,11 @@ Every file is written to a temporary name and moved into place with ``os.replace
 
 from __future__ import annotations
 
-import json
-import os
-from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 from ragsoup.errors import RagsoupError
-from ragsoup.jsonl import iter_jsonl
+from ragsoup.jsonl import atomic_write_text, iter_jsonl, jsonl_text
 from ragsoup.tasks.base import PassageSource
 from ragsoup.tasks.squad import SQUAD_TRAIN_PATH
 
@@ -29,21 +26,6 @@ OPTIONAL_QUESTION_KEYS = ("answers",)  # every accepted answer (SQuAD); EM/F1 ta
 CORPUS_TASKS: tuple[str, ...] = ("needle", "needle-multikey", "needle-distractor", "needle-multivalue", "two-hop", "demo")
 FILE_TASKS: tuple[str, ...] = ("squad", "hotpotqa")  # corpora cut from a dataset file (--data)
 DEMO_TWOHOP_FRACTION = 0.25  # share of the demo corpus (passages and questions) that is two-hop facts
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "w", encoding="utf-8", newline="\n") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except OSError as e:
-        tmp.unlink(missing_ok=True)
-        raise RagsoupError(f"cannot write {path}: {e}") from e
-
-
-def _jsonl(rows: Iterable[dict]) -> str:
-    return "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
 
 
 def _check_record(rec: Any, seen: set[str], where: str) -> None:
@@ -120,10 +102,10 @@ def write_corpus(out_dir: Path, records: list[dict], questions: list[dict], meta
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise RagsoupError(f"cannot create corpus directory {out_dir}: {e}") from e
-    _atomic_write(out_dir / CORPUS_FILE, _jsonl({k: r[k] for k in CORPUS_KEYS} for r in records))
-    _atomic_write(out_dir / QUESTIONS_FILE, _jsonl({k: q[k] for k in QUESTION_KEYS + OPTIONAL_QUESTION_KEYS if k in q}
-                                                   for q in questions))
-    _atomic_write(out_dir / README_FILE, _readme(meta, len(records), len(questions)))
+    atomic_write_text(out_dir / CORPUS_FILE, jsonl_text({k: r[k] for k in CORPUS_KEYS} for r in records))
+    atomic_write_text(out_dir / QUESTIONS_FILE,
+                      jsonl_text({k: q[k] for k in QUESTION_KEYS + OPTIONAL_QUESTION_KEYS if k in q} for q in questions))
+    atomic_write_text(out_dir / README_FILE, _readme(meta, len(records), len(questions)))
     return out_dir
 
 
