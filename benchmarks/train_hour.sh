@@ -4,15 +4,15 @@
 #    from the start: above k = 8 the extra passages are bank states, so the large-k steps cost what k = 8 costs;
 #    k stays 1 until the training loss leaves its starting plateau (--k-hold-loss 2.0: the mean of 50 steps below
 #    2.0 nats; the plateau sits at 2.1-2.3), then grows over 2,000 steps (a seed whose k grew while still on the
-#    plateau never left it: docs/models.md (k), (l)). Holding until 1.5 nats cost the chains (two-hop at k = 2 17.2
-#    against 47.7 for SEED=300, section (n)); holding at k = 2 or 4, or extending the schedule by the held steps
-#    (--k-hold-extend), did not help (sections (m), (n)).
+#    plateau never left it: docs/models.md (k), (l)). Holding until 1.5 nats cost SEED=300 its chains (two-hop at
+#    k = 2 17.2 against 47.7 at 2.0; SEED=200 read 12.5 and 10.9, section (n)); holding at k = 2 or 4, or extending
+#    the schedule by the held steps (--k-hold-extend), did not help (sections (m), (n)).
 # 2. chaining two facts: stage 5's task mix (two-hop 4 : needle 1 : distractor 1) at k 2-4, two runs of 2,400 steps
 #    (the second a fresh cosine from the first's end, another data seed);
 # 3. large k again: stage 6's preset (filler bank up to k = 512, half of it Gutenberg prose, two-hop kept in the mix)
 #    on a 1,100-step schedule instead of 600.
-# 48-72 minutes on a 2-core CPU with nothing else running, by run and by day (docs/models.md (d), (k)-(n); 48.3 for
-# SEED=300 as it now reads). Its runs read single needles at 99-100 up to k = 256, better than the three-hour shipped
+# 41-72 minutes on a 2-core CPU with nothing else running, by run and by day (docs/models.md (d), (k)-(n); 48.3 for
+# SEED=300 and 41.3 for SEED=200 as it now reads). Its runs read single needles at 99-100 up to k = 256, better than the three-hour shipped
 # model (benchmarks/train_default.sh), chains less well (two-hop at k = 2: 47.7 against 85.2), and distractor keys far
 # less well (it blends the needles' digits: section (n)); docs/models.md has the figures.
 # SEED=N (optional) replaces the stages' own seeds with N, N+1, N+2, N+3: other runs of the same recipe, to see its spread.
