@@ -261,7 +261,7 @@ def run_eval(task: str, data: str | Path | None = None, k: int = 5, mode: str = 
         examples = [replace(ex, answer=final_answer(ex.answer), answers=[]) for ex in examples]
     s = score(preds, examples)
     if predictions is not None:
-        write_jsonl(Path(predictions), prediction_records(preds, examples))
+        write_jsonl(predictions, prediction_records(preds, examples))
     return EvalResult(task=task, mode=mode, k=k, n=s["n"], em=s["em"], f1=s["f1"], weights=weights,
                       extractive=extractive)
 

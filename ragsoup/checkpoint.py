@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
+from ragsoup.atomic import atomic_write_bytes, umask
 from ragsoup.errors import RagsoupError
 from ragsoup.model import Mamba2Config, Mamba2LM
 from ragsoup.tokenizer import Tokenizer, load_tokenizer
@@ -30,20 +31,6 @@ class Loaded:
     path: Path
     fingerprint: str
     meta: dict = field(default_factory=dict)
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write bytes to a temp file beside ``path`` and move it into place."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files; give them the usual permissions
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def atomic_write_json(path: Path, obj) -> None:
@@ -139,7 +126,7 @@ def save_checkpoint(model: Mamba2LM, tok: Tokenizer, path: Path, meta: dict | No
         sd = {k: v.to(dtype) if v.is_floating_point() else v for k, v in sd.items()}
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
     try:
-        os.chmod(tmp, 0o777 & ~_umask())
+        os.chmod(tmp, 0o777 & ~umask())
         parts = _shards(sd, max_shard_bytes)
         names = (["model.safetensors"] if len(parts) == 1
                  else [f"model-{i + 1:05d}-of-{len(parts):05d}.safetensors" for i in range(len(parts))])
@@ -153,12 +140,6 @@ def save_checkpoint(model: Mamba2LM, tok: Tokenizer, path: Path, meta: dict | No
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return fingerprint(path)
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def load_model(name_or_path: str | Path | None = None, device: str | torch.device = "cpu") -> Loaded:

@@ -4,11 +4,11 @@ writer (make-corpus files, eval predictions)."""
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
+from ragsoup.atomic import atomic_write_text
 from ragsoup.errors import RagsoupError
 
 
@@ -26,19 +26,6 @@ def iter_jsonl(f: IO[str], path: str | Path, error: type[RagsoupError] = Ragsoup
 def jsonl_text(rows: Iterable[Any]) -> str:
     """One JSON object per line (UTF-8 kept as is)."""
     return "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
-
-
-def atomic_write_text(path: str | Path, text: str) -> None:
-    """Write text to a temp file beside ``path`` and move it into place; an OSError becomes a RagsoupError."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "w", encoding="utf-8", newline="\n") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except OSError as e:
-        tmp.unlink(missing_ok=True)
-        raise RagsoupError(f"cannot write {path}: {e}") from e
 
 
 def write_jsonl(path: str | Path, rows: Iterable[Any]) -> None:

@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from ragsoup.errors import RagsoupError
-from ragsoup.jsonl import atomic_write_text, iter_jsonl, jsonl_text
+from ragsoup.atomic import atomic_write_text
+from ragsoup.jsonl import iter_jsonl, jsonl_text
 from ragsoup.tasks.base import PassageSource
 from ragsoup.tasks.squad import SQUAD_TRAIN_PATH
 
