@@ -264,6 +264,7 @@ def train(
     k_max: Optional[int] = typer.Option(None, help="Most passages per example (curriculum target)."),
     k_ramp_steps: Optional[int] = typer.Option(None, help="Steps over which the largest k grows from k-min to k-max."),
     k_hold_loss: Optional[float] = typer.Option(None, help="Hold k at k-min (the ramp waits) until the mean training loss of the last 50 steps is below this (0: off)."),
+    hold_tasks: Optional[str] = typer.Option(None, help="Task mix while k is held by --k-hold-loss (default: --tasks)."),
     k_hold_extend: bool = typer.Option(False, "--k-hold-extend", help="Steps spent holding k (after warmup) do not count: the learning rate stays at its peak and the run ends that many steps later."),
     steps: Optional[int] = typer.Option(None, help="Optimizer steps."),
     batch_size: Optional[int] = typer.Option(None, help="Examples per step."),
@@ -302,7 +303,8 @@ def train(
         raise RagsoupError(f"unknown preset '{preset}': use one of {', '.join(PRESETS)}")
     base = dict(PRESETS[preset]) if preset else {}
     given = dict(out=out, tasks=tasks, mode=mode, pool=pool, k_min=k_min, k_max=k_max, k_ramp_steps=k_ramp_steps,
-                 k_hold_loss=k_hold_loss, steps=steps, batch_size=batch_size, lr=lr, warmup_steps=warmup_steps,
+                 k_hold_loss=k_hold_loss, hold_tasks=hold_tasks, steps=steps, batch_size=batch_size, lr=lr,
+                 warmup_steps=warmup_steps,
                  passage_chars=passage_chars, seed=seed, ckpt_group=ckpt_group, eval_every=eval_every, eval_ks=eval_ks,
                  save_every=save_every, init=init, tokenizer=tokenizer, extra_questions=extra_questions,
                  extra_min_k=extra_min_k, bank_size=bank_size, bank_refresh=bank_refresh, fresh_max=fresh_max,
@@ -499,7 +501,7 @@ def make_corpus_cmd(
 @app.command("eval")
 @domain_errors
 def eval_cmd(
-    task: str = typer.Option(..., "--task", help="squad, hotpotqa, needle, needle-multikey, needle-distractor, needle-multivalue, needle-word, needle-word-distractor, two-hop, two-hop-bridge (scored on the country), longdoc or longdoc-multifact."),
+    task: str = typer.Option(..., "--task", help="squad, hotpotqa, needle, needle-multikey, needle-distractor, needle-multivalue, needle-packed, needle-word, needle-word-distractor, two-hop, two-hop-bridge (scored on the country), longdoc or longdoc-multifact."),
     data: Optional[Path] = typer.Option(None, "--data", help="SQuAD/HotpotQA JSON file; for generated tasks optional (a make-corpus directory)."),
     k: int = typer.Option(5, "--k", help="Passages per question (gold + distractors)."),
     mode: str = typer.Option("soup", help="soup or concat (the baseline)."),

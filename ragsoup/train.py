@@ -87,6 +87,8 @@ class TrainConfig(OptimConfig):
     # the steps held after warmup do not count (needs k_hold_loss): the learning rate stays at its peak while k is
     # held and the run (steps, until) ends that many steps later, so a late-leaving seed still gets its whole ramp
     k_hold_extend: bool = False
+    # the task mix while k is held (needs k_hold_loss; empty: tasks): leave the plateau on easy data, then switch
+    hold_tasks: str = ""
     batch_size: int = 8
     freeze_encoder: bool = False
     loss_on_question: bool = False
@@ -280,11 +282,13 @@ def check_tasks(cfg: TrainConfig) -> None:
     """Every task of the mix exists, and SQuAD tasks have their file."""
     from ragsoup.tasks import TASKS
 
-    for name, _ in parse_mix(cfg.tasks):
-        if name not in TASKS + SQUAD_TASKS:
-            raise RagsoupError(f"unknown task '{name}' in --tasks: use {', '.join(TASKS + SQUAD_TASKS)}")
-        if name in SQUAD_TASKS and not cfg.squad:
-            raise RagsoupError(f"task {name} needs --squad PATH (SQuAD v1.1 JSON, e.g. train-v1.1.json.gz)")
+    mixes = [("--tasks", cfg.tasks)] + ([("--hold-tasks", cfg.hold_tasks)] if cfg.hold_tasks else [])
+    for option, spec in mixes:
+        for name, _ in parse_mix(spec):
+            if name not in TASKS + SQUAD_TASKS:
+                raise RagsoupError(f"unknown task '{name}' in {option}: use {', '.join(TASKS + SQUAD_TASKS)}")
+            if name in SQUAD_TASKS and not cfg.squad:
+                raise RagsoupError(f"task {name} needs --squad PATH (SQuAD v1.1 JSON, e.g. train-v1.1.json.gz)")
 
 
 def draw_example(cfg: TrainConfig, task: str, rng: random.Random, k: int, heldout: bool = False) -> SoupExample:
@@ -301,7 +305,7 @@ def draw_example(cfg: TrainConfig, task: str, rng: random.Random, k: int, heldou
 def make_batch(cfg: TrainConfig, step: int, ramp_start: int | None = 0) -> tuple[int, list[SoupExample]]:
     """The examples of one step, a pure function of (seed, step, ramp_start) so that resuming replays the same data."""
     rng = random.Random(f"{cfg.seed}:{step}")
-    mix = parse_mix(cfg.tasks)
+    mix = parse_mix(cfg.hold_tasks if ramp_start is None and cfg.hold_tasks else cfg.tasks)
     k = k_for_step(cfg, rng, step, ramp_start)
     k_fresh = min(k, cfg.fresh_max) if cfg.bank_size > 0 else k
     names, weights = zip(*mix)
@@ -312,14 +316,14 @@ def make_batch(cfg: TrainConfig, step: int, ramp_start: int | None = 0) -> tuple
 
 
 def make_tokenizer(cfg: TrainConfig, n_examples: int = 3000) -> Tokenizer:
-    """The tokenizer named by cfg.tokenizer; a BPE is trained on examples drawn from the task mix (seeded)."""
+    """The tokenizer named by cfg.tokenizer; a BPE is trained on examples of the first task mix (seeded)."""
     if cfg.tokenizer == "bytes":
         return ByteTokenizer()
     kind, _, size = cfg.tokenizer.partition(":")
     if kind != "bpe" or not size.isdigit():
         raise RagsoupError(f"unknown tokenizer '{cfg.tokenizer}': use bytes or bpe:VOCAB (e.g. bpe:2048)")
     rng = random.Random(f"tokenizer:{cfg.seed}")
-    names, weights = zip(*parse_mix(cfg.tasks))
+    names, weights = zip(*parse_mix(cfg.hold_tasks if cfg.k_hold_loss > 0 and cfg.hold_tasks else cfg.tasks))
     texts: list[str] = []
     for _ in range(n_examples):
         ex = draw_example(cfg, rng.choices(names, weights)[0], rng, 4)
@@ -583,6 +587,8 @@ def train(cfg: TrainConfig, resume: bool = False, on_log: Log | None = None, dev
         raise RagsoupError(f"need 1 <= --k-min <= --k-max (got {cfg.k_min}, {cfg.k_max})")
     if cfg.k_hold_extend and cfg.k_hold_loss <= 0:
         raise RagsoupError("--k-hold-extend leaves out the steps k is held: give --k-hold-loss X too (e.g. 1.5)")
+    if cfg.hold_tasks and cfg.k_hold_loss <= 0:
+        raise RagsoupError("--hold-tasks is the task mix while k is held: give --k-hold-loss X too (e.g. 2.0)")
     check_tasks(cfg)
     out = Path(cfg.out)
     torch.manual_seed(cfg.seed)

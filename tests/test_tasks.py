@@ -16,7 +16,7 @@ from ragsoup.tasks.base import NameGenerator, insert_sentence, split_sentences
 from ragsoup.tasks.files import make_corpus, read_corpus, read_questions, write_corpus
 from ragsoup.tasks.filler import VOCABULARY, make_title, strip_gutenberg
 from ragsoup.tasks.hotpot import hotpot_examples, load_hotpot
-from ragsoup.tasks.needle import VARIANTS, make_needle_corpus, needle_example
+from ragsoup.tasks.needle import EXAMPLE_VARIANTS, VARIANTS, make_needle_corpus, needle_example
 from ragsoup.tasks.squad import load_squad, split_by_article, squad_examples
 from ragsoup.tasks.twohop import make_twohop_corpus, twohop_example
 
@@ -215,7 +215,7 @@ def test_examples_shape(task: str, k: int) -> None:
         assert all(d.strip() for d in ex.docs)
 
 
-@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("variant", EXAMPLE_VARIANTS)
 def test_needle_answer_in_gold(variant: str) -> None:
     rng = random.Random(5)
     for _ in range(20):
@@ -236,13 +236,19 @@ def test_needle_answer_in_gold(variant: str) -> None:
         else:
             assert len(ex.gold) == 1 and ex.answer in ex.docs[ex.gold[0]]
             assert ex.question == f"What is the special magic number for {key}?"
-        n_needles = {"single": 1, "multikey": k, "distractor": 1 + min(k - 1, 3), "multivalue": min(k, 4)}[variant]
+        n_needles = {"single": 1, "multikey": k, "distractor": 1 + min(k - 1, 3), "multivalue": min(k, 4),
+                     "packed": 1 + len(ex.extra)}[variant]
         assert len(found) == n_needles
         assert len({v for _, _, v in found}) == n_needles  # distinct values
         if variant in ("multikey", "distractor"):
             keys = [kk for _, kk, _ in found]
             assert len(set(keys)) == len(keys)  # distinct keys
             assert [i for i, _, _ in found] == sorted({i for i, _, _ in found})  # one needle per passage
+        if variant == "packed":  # 2-4 needles of distinct keys, all in the gold passage; each other one asked too
+            assert 2 <= n_needles <= 4 and {i for i, _, _ in found} == set(ex.gold)
+            assert len({kk for _, kk, _ in found}) == n_needles
+            assert sorted(ex.extra) == sorted((f"What is the special magic number for {kk}?", v)
+                                              for _, kk, v in found if kk != key)
 
 
 @pytest.mark.parametrize("variant", ["single", "distractor"])

@@ -318,6 +318,21 @@ def test_k_for_step_holds_k_min_until_the_ramp_starts():
     assert max(k_for_step(flat, random.Random(s), 5, 5) for s in range(200)) == 16
 
 
+def test_hold_tasks_are_the_mix_while_k_is_held_and_tasks_after(tmp_path):
+    cfg = _cfg(k_min=1, k_max=4, k_hold_loss=2.0, tasks="needle-packed:1", hold_tasks="needle:1")
+    for step in range(3):
+        _, held = make_batch(cfg, step, None)  # held: single needles only (one needle sentence per example)
+        assert all(sum(d.count("special magic number") for d in ex.docs) == 1 and not ex.extra for ex in held)
+        _, free = make_batch(cfg, step, 0)  # released: packed needles, 2-4 in one passage
+        assert all(sum(d.count("special magic number") for d in ex.docs) >= 2 and ex.extra for ex in free)
+    # without --hold-tasks the held steps draw from --tasks; without --k-hold-loss it is refused
+    assert all(ex.extra for ex in make_batch(replace(cfg, hold_tasks=""), 1, None)[1])
+    with pytest.raises(RagsoupError, match="--k-hold-loss"):
+        train(replace(cfg, out=str(tmp_path / "a"), k_hold_loss=0.0))
+    with pytest.raises(RagsoupError, match="--hold-tasks"):
+        train(replace(cfg, out=str(tmp_path / "b"), hold_tasks="needle:1,nope:1"))
+
+
 def test_ramp_hold_starts_at_the_first_window_whose_mean_loss_is_below_the_threshold():
     losses = [2.0] * 60 + [0.0] * 40  # the 50-step mean falls below 1.0 once 26 of its losses are 0 (step 86)
     hold = T.RampHold(1.0)

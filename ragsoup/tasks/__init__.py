@@ -14,7 +14,7 @@ from ragsoup.tasks.needle import make_needle_corpus, needle_example
 from ragsoup.tasks.twohop import make_twohop_corpus, twohop_example
 
 TASKS: tuple[str, ...] = (
-    "needle", "needle-multikey", "needle-distractor", "needle-multivalue", "needle-word", "needle-word-distractor",
+    "needle", "needle-multikey", "needle-distractor", "needle-multivalue", "needle-packed", "needle-word", "needle-word-distractor",
     "two-hop", "two-hop-sub", "two-hop-bridge", "longdoc", "longdoc-multifact",
 )
 
@@ -23,6 +23,7 @@ _GENERATORS: dict[str, Callable[..., SoupExample]] = {
     "needle-multikey": lambda rng, k, **kw: needle_example(rng, k, variant="multikey", **kw),
     "needle-distractor": lambda rng, k, **kw: needle_example(rng, k, variant="distractor", **kw),
     "needle-multivalue": lambda rng, k, **kw: needle_example(rng, k, variant="multivalue", **kw),
+    "needle-packed": lambda rng, k, **kw: needle_example(rng, k, variant="packed", **kw),
     "needle-word": lambda rng, k, **kw: needle_example(rng, k, variant="single", values="word", **kw),
     "needle-word-distractor": lambda rng, k, **kw: needle_example(rng, k, variant="distractor", values="word", **kw),
     "two-hop": twohop_example,

@@ -10,7 +10,7 @@ length so every passage is about ``passage_chars`` long).
 - VALUE: a 6-digit decimal number in [100000, 999999] (never a leading zero), distinct
   within an example / corpus.
 
-Variants: "single", "multikey", "distractor", "multivalue" (see ``needle_example``).
+Variants: "single", "multikey", "distractor", "multivalue", "packed" (see ``needle_example``).
 
 Word values (``values="word"``, training tasks ``needle-word`` and ``needle-word-distractor``): the needle reads
 ``"The special magic word for {KEY} is {WORD}."`` with WORD a made-up capitalised name like the two-hop task's
@@ -29,11 +29,13 @@ from ragsoup.tasks.base import (
     check_k,
     check_passage_chars,
     embed_sentence,
+    insert_sentence,
     shuffle_with_gold,
 )
 from ragsoup.tasks.filler import VOCABULARY, FillerSource, make_title
 
-VARIANTS: tuple[str, ...] = ("single", "multikey", "distractor", "multivalue")
+VARIANTS: tuple[str, ...] = ("single", "multikey", "distractor", "multivalue")  # corpus and example variants
+EXAMPLE_VARIANTS: tuple[str, ...] = VARIANTS + ("packed",)  # "packed" has no corpus form
 NEEDLE_TEMPLATE = "The special magic number for {key} is {value}."
 QUESTION_TEMPLATE = "What is the special magic number for {key}?"
 MULTIVALUE_QUESTION_TEMPLATE = "What are all the special magic numbers for {key}?"
@@ -116,9 +118,9 @@ def _source(filler: PassageSource | None) -> PassageSource:
     return filler if filler is not None else FillerSource()
 
 
-def _check_variant(variant: str) -> None:
-    if variant not in VARIANTS:
-        raise RagsoupError(f"unknown needle variant {variant!r}; valid variants: {', '.join(VARIANTS)}")
+def _check_variant(variant: str, valid: tuple[str, ...] = VARIANTS) -> None:
+    if variant not in valid:
+        raise RagsoupError(f"unknown needle variant {variant!r}; valid variants: {', '.join(valid)}")
 
 
 def needle_example(
@@ -136,11 +138,12 @@ def needle_example(
     holds a needle with a distinct key, one is asked); "distractor" (the gold needle plus
     min(k-1, 3) passages with needles of other keys); "multivalue" (one key with
     min(k, n_values) distinct values in different passages; the answer lists them joined
-    by ", " in document order). ``values`` "word" makes every value a made-up name ("single" and
+    by ", " in document order); "packed" (the gold needle and 1-3 needles of other keys in one and the
+    same passage, plus k-1 filler passages: telling keys apart is needed even at k = 1). ``values`` "word" makes every value a made-up name ("single" and
     "distractor" only).
     """
     check_k(k)
-    _check_variant(variant)
+    _check_variant(variant, EXAMPLE_VARIANTS)
     if values not in VALUE_KINDS:
         raise RagsoupError(f"unknown needle values {values!r}; valid: {', '.join(VALUE_KINDS)}")
     if values == "word" and variant not in ("single", "distractor"):
@@ -167,6 +170,8 @@ def needle_example(
         )
 
     value = kv.value(rng, values)
+    if variant == "packed":
+        return _packed_example(rng, k, source, passage_chars, kv, key, value)
     docs = [embed_sentence(rng, source, needle_sentence(key, value, values), passage_chars)]
     if variant == "multikey":
         n_other = k - 1
@@ -183,6 +188,21 @@ def needle_example(
     docs += [source.passage(rng, passage_chars) for _ in range(k - 1 - n_other)]
     docs, gold = shuffle_with_gold(rng, docs, [0])
     return SoupExample(docs=docs, question=needle_question(key, values), answer=value, gold=gold, extra=extra)
+
+
+def _packed_example(
+    rng: random.Random, k: int, source: PassageSource, passage_chars: int, kv: _KeyValueSampler, key: str, value: str
+) -> SoupExample:
+    """The "packed" variant: the asked needle and 1-3 other keys' needles in one passage, k-1 filler passages."""
+    others = [(kv.key(rng), kv.value(rng)) for _ in range(1 + rng.randrange(MAX_DISTRACTORS))]
+    sentences = [needle_sentence(key, value)] + [needle_sentence(o_key, o_value) for o_key, o_value in others]
+    body = source.passage(rng, max(passage_chars - sum(len(s) + 1 for s in sentences), 0))
+    for sentence in sentences:
+        body = insert_sentence(rng, body, sentence) if body else sentence
+    docs = [body] + [source.passage(rng, passage_chars) for _ in range(k - 1)]
+    docs, gold = shuffle_with_gold(rng, docs, [0])
+    extra = [(needle_question(o_key), o_value) for o_key, o_value in others]
+    return SoupExample(docs=docs, question=needle_question(key), answer=value, gold=gold, extra=extra)
 
 
 def make_needle_corpus(
