@@ -11,6 +11,7 @@ import json
 import re
 import shutil
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -885,6 +886,38 @@ def test_stage_guard_stops_a_recipe_whose_first_stage_reads_nothing(tmp_path, ca
         lines = (root / script).read_text().replace("\\\n", " ").splitlines()
         first = next(i for i, ln in enumerate(lines) if ln.startswith("ragsoup train"))
         assert "stage_ok.py" in lines[first + 1], script
+
+
+def test_stage_guard_reports_key_matching_on_packed_needles(tmp_path, capsys, monkeypatch):
+    """stage_ok.py --keys scores the run's last checkpoint on packed needles at k = 1; --min-keys stops below it."""
+    import importlib.util
+
+    import ragsoup.bench
+
+    root = Path(__file__).resolve().parents[1] / "benchmarks"
+    spec = importlib.util.spec_from_file_location("stage_ok", root / "stage_ok.py")
+    guard = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(guard)
+    calls: list[dict] = []
+    em = {"value": 31.2}
+
+    def fake_eval(**kw):
+        calls.append(kw)
+        return SimpleNamespace(em=em["value"])
+
+    monkeypatch.setattr(ragsoup.bench, "run_eval", fake_eval)
+    run = tmp_path / "s1"
+    run.mkdir()
+    (run / "log.jsonl").write_text(json.dumps({"step": 2000, "loss": 1.0, "eval": {"em@1": 80.0}}) + "\n")
+    assert guard.main([str(run), "--keys"]) == 0
+    assert calls[-1]["task"] == "needle-packed" and calls[-1]["k"] == 1 and calls[-1]["model"] == run / "last"
+    assert "matches values to keys" in capsys.readouterr().out
+    em["value"] = 5.5
+    assert guard.main([str(run), "--keys"]) == 0  # reported, not fatal
+    assert "reads values by position" in capsys.readouterr().out
+    assert guard.main([str(run), "--min-keys", "15"]) == 1 and "another seed" in capsys.readouterr().err
+    n = len(calls)
+    assert guard.main([str(run)]) == 0 and len(calls) == n  # without --keys no evaluation runs
 
 
 def test_blends_script_tells_a_wrong_key_from_a_positional_blend(tmp_path, capsys):
