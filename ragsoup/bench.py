@@ -35,7 +35,8 @@ from ragsoup.errors import RagsoupError
 DEFAULT_PASSAGE_CHARS = 200
 EVAL_FILE_TASKS = ("squad", "hotpotqa")
 EVAL_GENERATED_TASKS = ("needle", "needle-multikey", "needle-distractor", "needle-multivalue", "needle-packed",
-                        "needle-word", "needle-word-distractor", "two-hop", "two-hop-bridge", "longdoc", "longdoc-multifact")
+                        "needle-word", "needle-word-distractor", "two-hop", "two-hop-bridge", "longdoc",
+                        "longdoc-multifact")
 EVAL_TASKS = EVAL_FILE_TASKS + EVAL_GENERATED_TASKS
 BENCH_TASKS = ("needle", "needle-multikey", "needle-distractor", "two-hop", "squad", "hotpotqa")
 MODES = ("soup", "concat")

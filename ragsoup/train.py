@@ -302,10 +302,15 @@ def draw_example(cfg: TrainConfig, task: str, rng: random.Random, k: int, heldou
     return pool.example(rng, rec, k, same_article=1, segment_chars=cfg.passage_chars if task == "squad-segments" else 0)
 
 
+def mix_spec(cfg: TrainConfig, held: bool) -> str:
+    """The task mix of a step: --hold-tasks while k is held (when given), else --tasks."""
+    return cfg.hold_tasks if held and cfg.hold_tasks else cfg.tasks
+
+
 def make_batch(cfg: TrainConfig, step: int, ramp_start: int | None = 0) -> tuple[int, list[SoupExample]]:
     """The examples of one step, a pure function of (seed, step, ramp_start) so that resuming replays the same data."""
     rng = random.Random(f"{cfg.seed}:{step}")
-    mix = parse_mix(cfg.hold_tasks if ramp_start is None and cfg.hold_tasks else cfg.tasks)
+    mix = parse_mix(mix_spec(cfg, held=ramp_start is None))
     k = k_for_step(cfg, rng, step, ramp_start)
     k_fresh = min(k, cfg.fresh_max) if cfg.bank_size > 0 else k
     names, weights = zip(*mix)
@@ -323,7 +328,7 @@ def make_tokenizer(cfg: TrainConfig, n_examples: int = 3000) -> Tokenizer:
     if kind != "bpe" or not size.isdigit():
         raise RagsoupError(f"unknown tokenizer '{cfg.tokenizer}': use bytes or bpe:VOCAB (e.g. bpe:2048)")
     rng = random.Random(f"tokenizer:{cfg.seed}")
-    names, weights = zip(*parse_mix(cfg.hold_tasks if cfg.k_hold_loss > 0 and cfg.hold_tasks else cfg.tasks))
+    names, weights = zip(*parse_mix(mix_spec(cfg, held=cfg.k_hold_loss > 0)))
     texts: list[str] = []
     for _ in range(n_examples):
         ex = draw_example(cfg, rng.choices(names, weights)[0], rng, 4)

@@ -14,8 +14,8 @@ from ragsoup.tasks.needle import make_needle_corpus, needle_example
 from ragsoup.tasks.twohop import make_twohop_corpus, twohop_example
 
 TASKS: tuple[str, ...] = (
-    "needle", "needle-multikey", "needle-distractor", "needle-multivalue", "needle-packed", "needle-word", "needle-word-distractor",
-    "two-hop", "two-hop-sub", "two-hop-bridge", "longdoc", "longdoc-multifact",
+    "needle", "needle-multikey", "needle-distractor", "needle-multivalue", "needle-packed", "needle-word",
+    "needle-word-distractor", "two-hop", "two-hop-sub", "two-hop-bridge", "longdoc", "longdoc-multifact",
 )
 
 _GENERATORS: dict[str, Callable[..., SoupExample]] = {

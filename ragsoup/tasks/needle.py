@@ -139,8 +139,8 @@ def needle_example(
     min(k-1, 3) passages with needles of other keys); "multivalue" (one key with
     min(k, n_values) distinct values in different passages; the answer lists them joined
     by ", " in document order); "packed" (the gold needle and 1-3 needles of other keys in one and the
-    same passage, plus k-1 filler passages: telling keys apart is needed even at k = 1). ``values`` "word" makes every value a made-up name ("single" and
-    "distractor" only).
+    same passage, plus k-1 filler passages: telling keys apart is needed even at k = 1). ``values``
+    "word" makes every value a made-up name ("single" and "distractor" only).
     """
     check_k(k)
     _check_variant(variant, EXAMPLE_VARIANTS)
