@@ -786,15 +786,22 @@ def _cli_command(name: str):
     return typer.main.get_command(app).commands[name]
 
 
+def _benchmark_script(name: str):
+    """Import benchmarks/NAME.py (a script, not a package module)."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def test_ablation_arms_print_train_commands_the_cli_accepts():
     """benchmarks/ablations.py prints each arm's `ragsoup train` line; every flag in it must be a real option."""
-    import importlib.util
     import shlex
 
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "ablations.py"
-    spec = importlib.util.spec_from_file_location("ablations", path)
-    abl = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(abl)
+    abl = _benchmark_script("ablations")
     train_cmd = _cli_command("train")
     known = {opt for p in train_cmd.params for opt in p.opts}
     for arm, cfg in abl.ARMS.items():
@@ -863,12 +870,8 @@ def test_eval_hour_cells_parse_and_have_unique_names():
 
 def test_stage_guard_stops_a_recipe_whose_first_stage_reads_nothing(tmp_path, capsys):
     """benchmarks/stage_ok.py fails on a run whose last held-out EM at k = 1 is 0, and each CPU recipe calls it."""
-    import importlib.util
-
     root = Path(__file__).resolve().parents[1] / "benchmarks"
-    spec = importlib.util.spec_from_file_location("stage_ok", root / "stage_ok.py")
-    guard = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(guard)
+    guard = _benchmark_script("stage_ok")
 
     def run_with(evals: list[dict]) -> int:
         run = tmp_path / f"r{len(list(tmp_path.iterdir()))}"
@@ -890,14 +893,9 @@ def test_stage_guard_stops_a_recipe_whose_first_stage_reads_nothing(tmp_path, ca
 
 def test_stage_guard_reports_key_matching_on_packed_needles(tmp_path, capsys, monkeypatch):
     """stage_ok.py --keys scores the run's last checkpoint on packed needles at k = 1; --min-keys stops below it."""
-    import importlib.util
-
     import ragsoup.bench
 
-    root = Path(__file__).resolve().parents[1] / "benchmarks"
-    spec = importlib.util.spec_from_file_location("stage_ok", root / "stage_ok.py")
-    guard = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(guard)
+    guard = _benchmark_script("stage_ok")
     calls: list[dict] = []
     em = {"value": 31.2}
 
@@ -922,11 +920,7 @@ def test_stage_guard_reports_key_matching_on_packed_needles(tmp_path, capsys, mo
 
 def test_blends_script_tells_a_wrong_key_from_a_positional_blend(tmp_path, capsys):
     """benchmarks/blends.py sorts distractor-needle predictions into right / other / blend / else."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("blends", Path(__file__).resolve().parents[1] / "benchmarks" / "blends.py")
-    blends = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(blends)
+    blends = _benchmark_script("blends")
     others = ["319630", "555555"]
     assert blends.classify(" 933820", "933820", others) == "right"
     assert blends.classify("555555", "933820", others) == "other"

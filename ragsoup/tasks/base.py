@@ -74,10 +74,17 @@ def insert_sentence(rng: random.Random, passage: str, sentence: str) -> str:
     return " ".join(sentences)
 
 
+def embed_sentences(rng: random.Random, source: PassageSource, sentences: list[str], passage_chars: int) -> str:
+    """Return a filler passage of about passage_chars characters holding each sentence at a random boundary."""
+    body = source.passage(rng, max(passage_chars - sum(len(s) + 1 for s in sentences), 0))
+    for sentence in sentences:
+        body = insert_sentence(rng, body, sentence) if body else sentence
+    return body
+
+
 def embed_sentence(rng: random.Random, source: PassageSource, sentence: str, passage_chars: int) -> str:
     """Return a filler passage of about passage_chars characters holding sentence at a random boundary."""
-    body = source.passage(rng, max(passage_chars - len(sentence) - 1, 0))
-    return insert_sentence(rng, body, sentence) if body else sentence
+    return embed_sentences(rng, source, [sentence], passage_chars)
 
 
 def check_passage_chars(passage_chars: int) -> None:

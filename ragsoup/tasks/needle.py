@@ -29,7 +29,7 @@ from ragsoup.tasks.base import (
     check_k,
     check_passage_chars,
     embed_sentence,
-    insert_sentence,
+    embed_sentences,
     shuffle_with_gold,
 )
 from ragsoup.tasks.filler import VOCABULARY, FillerSource, make_title
@@ -196,10 +196,8 @@ def _packed_example(
     """The "packed" variant: the asked needle and 1-3 other keys' needles in one passage, k-1 filler passages."""
     others = [(kv.key(rng), kv.value(rng)) for _ in range(1 + rng.randrange(MAX_DISTRACTORS))]
     sentences = [needle_sentence(key, value)] + [needle_sentence(o_key, o_value) for o_key, o_value in others]
-    body = source.passage(rng, max(passage_chars - sum(len(s) + 1 for s in sentences), 0))
-    for sentence in sentences:
-        body = insert_sentence(rng, body, sentence) if body else sentence
-    docs = [body] + [source.passage(rng, passage_chars) for _ in range(k - 1)]
+    docs = [embed_sentences(rng, source, sentences, passage_chars)]
+    docs += [source.passage(rng, passage_chars) for _ in range(k - 1)]
     docs, gold = shuffle_with_gold(rng, docs, [0])
     extra = [(needle_question(o_key), o_value) for o_key, o_value in others]
     return SoupExample(docs=docs, question=needle_question(key), answer=value, gold=gold, extra=extra)
