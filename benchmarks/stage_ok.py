@@ -9,10 +9,12 @@ wastes most of an hour, so the recipe checks here and stops with exit code 1 and
 `train_hour.sh`'s stage 1 now holds k at 1 until the loss leaves the plateau (`--k-hold-loss`, section (l)), which
 got SEED=200 off it; the check stays for the recipes without the hold and for seeds slower still.
 
-With ``--keys`` it also reports whether the stage reads values by their key: EM on packed needles at k = 1 (the asked
-needle and 1-3 others in one passage, 128 questions, seed 12345). After `train_hour.sh`'s stage 1 the seed that went
-on to match keys and chain read 31.2, the seeds that did not 0.8-7.8 (docs/models.md, section (o)); a line says so,
-and ``--min-keys X`` stops the recipe below X.
+With ``--keys`` it also reports whether the stage copies whole values or blends them digit by digit: EM on packed
+needles at k = 1 (the asked needle and 1-3 others in one passage, 128 questions, seed 12345). A stage that copies one
+of the passage's values whole, picked by its key or not, reads about 1 in 3 (chance for the asked one): after
+`train_hour.sh`'s stage 1 the seed that went on to match keys and chain read 31.2, the seeds that did not 0.8-7.8,
+blending the values by position (docs/models.md, sections (o), (p)); a line says which, and ``--min-keys X`` stops
+the recipe below X. Whether a model picks the value by its key is `benchmarks/key_margin.py`'s measure.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ def last_em_at_1(run: Path) -> tuple[int, float] | None:
 
 
 KEYS_TASK = dict(task="needle-packed", k=1, limit=128, seed=12345)
-KEYS_LOW = 15.0  # below this a stage 1 reads by position (section (o): 0.8-7.8 for seeds 200, 300; 31.2 for seed 0)
+KEYS_LOW = 15.0  # below this a stage 1 blends by position (sections (o), (p): seeds 200, 300 0.8-7.8; seed 0 31.2)
 
 
 def keys_em(run: Path) -> float:
@@ -66,8 +68,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"stage_ok: {args.run}: held-out EM {em:.1f} at k = 1, step {step}")
     if args.keys or args.min_keys is not None:
         keys = keys_em(args.run)
-        verdict = ("matches values to keys" if keys >= KEYS_LOW else
-                   "reads values by position: expect blended distractor answers and weak chains (docs/models.md (o))")
+        verdict = ("copies whole values: key matching can grow from here (docs/models.md (p))" if keys >= KEYS_LOW
+                   else "blends values by position: expect blended distractor answers and weak chains "
+                        "(docs/models.md (o))")
         print(f"stage_ok: {args.run}: packed needles at k = 1 {keys:.1f} EM: {verdict}")
         if args.min_keys is not None and keys < args.min_keys:
             print(f"stage_ok: {args.run}: packed-needle EM {keys:.1f} is below --min-keys {args.min_keys:g}; start "

@@ -16,7 +16,9 @@
 # below the three-hour shipped model (benchmarks/train_default.sh): distractors at k = 4 right 22.7 (shipped 69.5),
 # two-hop at k = 2 71.1 (85.2), single needles at k = 4 97.7 (section (o)). Other seeds (SEED=300, 200) read single
 # needles at 99-100 up to k = 256 but blend the needles' digits by position and chain less (two-hop 47.7 and 10.9):
-# whether a run matches keys shows after stage 1, and stage_ok.py --keys prints it (packed needles, section (o)).
+# whether a run will match keys shows after stage 1 (it copies whole values), and stage_ok.py --keys prints it
+# (sections (o), (p)). Key matching forms in stages 2-3; stage 4 takes most of it back (section (p): with packed
+# needles in its mix it keeps it, at a cost to needles in unseen prose, so the mix stays as it is).
 # SEED=N (optional) replaces the stages' own seeds with N, N+1, N+2, N+3: other runs of the same recipe, to see its spread.
 set -euo pipefail
 threads=${THREADS:-2}
@@ -27,7 +29,7 @@ seed() {  # seed I DEFAULT...: stage I's seed options
 }
 ragsoup train --preset default --until 2000 --bank-size 512 --fresh-max 8 --bank-refresh 20 --k-hold-loss 2.0 \
     --out "$out-s1" --threads "$threads" $(seed 0)
-python "$(dirname "$0")/stage_ok.py" "$out-s1" --keys   # stop if stage 1 never left the plateau; say if it matches keys
+python "$(dirname "$0")/stage_ok.py" "$out-s1" --keys   # stop on the loss plateau; say if it copies values whole
 ragsoup train --preset default-twohop --init "$out-s1/last" --out "$out-s2" --k-max 4 --steps 2400 \
     --eval-every 800 --save-every 400 --threads "$threads" $(seed 1)
 ragsoup train --preset default-twohop --init "$out-s2/last" --out "$out-s3" --k-max 4 --steps 2400 \

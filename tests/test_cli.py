@@ -909,10 +909,10 @@ def test_stage_guard_reports_key_matching_on_packed_needles(tmp_path, capsys, mo
     (run / "log.jsonl").write_text(json.dumps({"step": 2000, "loss": 1.0, "eval": {"em@1": 80.0}}) + "\n")
     assert guard.main([str(run), "--keys"]) == 0
     assert calls[-1]["task"] == "needle-packed" and calls[-1]["k"] == 1 and calls[-1]["model"] == run / "last"
-    assert "matches values to keys" in capsys.readouterr().out
+    assert "copies whole values" in capsys.readouterr().out
     em["value"] = 5.5
     assert guard.main([str(run), "--keys"]) == 0  # reported, not fatal
-    assert "reads values by position" in capsys.readouterr().out
+    assert "blends values by position" in capsys.readouterr().out
     assert guard.main([str(run), "--min-keys", "15"]) == 1 and "another seed" in capsys.readouterr().err
     n = len(calls)
     assert guard.main([str(run)]) == 0 and len(calls) == n  # without --keys no evaluation runs
@@ -933,3 +933,36 @@ def test_blends_script_tells_a_wrong_key_from_a_positional_blend(tmp_path, capsy
     path.write_text("".join(json.dumps({"prediction": p, "answers": [a], "others": others}) + "\n" for p, a in recs))
     assert blends.main([str(path), "--json"]) == 0
     assert json.loads(capsys.readouterr().out) == {"n": 4, "right": 25.0, "other": 25.0, "blend": 25.0, "else": 25.0}
+
+
+def test_key_margin_scores_each_value_as_the_decoder_would_generate_it(tiny_model):
+    """benchmarks/key_margin.py: a value's teacher-forced log-likelihood equals the sum of the step-by-step
+    log-probabilities of its tokens (prompt prefilled from the passage's state), and the report counts questions."""
+    import random
+
+    import torch
+
+    from ragsoup.checkpoint import load_model
+    from ragsoup.encode import encode_token_batch
+    from ragsoup.tasks import generate_example
+    from ragsoup.tokenizer import answer_ids, passage_ids, prompt_ids
+
+    km = _benchmark_script("key_margin")
+    loaded = load_model(tiny_model)
+    model, tok = loaded.model.eval(), loaded.tokenizer
+    ex = generate_example("needle-packed", random.Random(3), 1)
+    values = [ex.answer] + [a for _, a in ex.extra]
+    assert len(values) >= 2
+    got = km.value_loglik(model, tok, ex.docs[0], ex.question, values)
+    with torch.inference_mode():
+        for v, ll in zip(values, got):
+            state = encode_token_batch(model, [passage_ids(tok, ex.docs[0], 1024)], tok.pad_id)
+            logits, state = model(torch.tensor([prompt_ids(tok, ex.question)]), state)
+            logits, want = logits[0, -1], 0.0
+            for t in answer_ids(tok, v):
+                want += float(torch.log_softmax(logits.float(), -1)[t])
+                logits, state = model.step(torch.tensor([t]), state)
+                logits = logits[0]
+            assert abs(ll - want) < 1e-3 * max(1.0, abs(want))
+    r = km.key_margin(str(tiny_model), n=3, seed=5)
+    assert r["n"] == 3 and 25.0 <= r["chance"] <= 50.0 and 0.0 <= r["key_acc"] <= 100.0

@@ -1,0 +1,80 @@
+"""Does a model prefer the asked needle's value to the other needles' values in the same passage? (teacher-forced)
+
+    python benchmarks/key_margin.py MODEL [MODEL ...] [--n 128] [--seed 12345] [--json]
+
+On packed needles at k = 1 (task `needle-packed`: the asked needle and 1-3 needles of other keys in one passage),
+the passage is encoded alone and each needle's value (`value <eos>`) is scored after `<q> question <a>`: the sum
+of its tokens' log-probabilities. Per model it prints:
+
+* key acc: the share of questions whose own value is the most likely of the passage's values (chance: the mean of
+  1 / needles, about 0.36);
+* margin: the mean over questions of (own value's log-likelihood - the mean of the others'), in nats.
+
+A model that reads "the digits after *is*" by position scores every value of the passage alike (key acc near
+chance, margin near 0); one that addresses values by their key ranks the asked one first. Unlike exact match,
+this needs no value copied digit-perfect, so it shows a run's first steps toward key matching (docs/models.md (p)).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+
+import torch
+
+from ragsoup.checkpoint import load_model
+from ragsoup.encode import encode_token_batch, pad_batch
+from ragsoup.generate import batch_states
+from ragsoup.tasks import generate_example
+from ragsoup.tokenizer import answer_ids, passage_ids, prompt_ids
+
+
+@torch.inference_mode()
+def value_loglik(model, tok, doc: str, question: str, values: list[str]) -> list[float]:
+    """Log-likelihood of each `value <eos>` after `<q> question <a>`, from the state of `doc` encoded alone."""
+    state = encode_token_batch(model, [passage_ids(tok, doc, 1024)], tok.pad_id)  # batch 1
+    prompt = prompt_ids(tok, question)
+    seqs = [prompt + answer_ids(tok, v) for v in values]
+    ids, lengths = pad_batch(seqs, tok.pad_id, model.device)
+    logp = torch.log_softmax(model(ids, batch_states([state] * len(values)), lengths)[0].float(), -1)
+    out = []
+    for i, s in enumerate(seqs):
+        pos = torch.arange(len(prompt) - 1, len(s) - 1)  # position t predicts token t + 1
+        out.append(float(logp[i, pos, torch.tensor(s[len(prompt):])].sum()))
+    return out
+
+
+def key_margin(model_path: str, n: int = 128, seed: int = 12345) -> dict:
+    """Key acc, its chance level and the mean margin (nats) of a model on `n` packed-needle questions at k = 1."""
+    loaded = load_model(model_path, device="cpu")
+    model, tok = loaded.model.eval(), loaded.tokenizer
+    rng = random.Random(seed)
+    hits, chance, margins = 0, 0.0, []
+    for _ in range(n):
+        ex = generate_example("needle-packed", rng, 1)
+        others = [a for _, a in ex.extra if a != ex.answer]
+        ll = value_loglik(model, tok, ex.docs[ex.gold[0]], ex.question, [ex.answer] + others)
+        hits += ll[0] > max(ll[1:])
+        chance += 1 / len(ll)
+        margins.append(ll[0] - sum(ll[1:]) / len(others))
+    return {"model": model_path, "n": n, "key_acc": 100 * hits / n, "chance": 100 * chance / n,
+            "margin": sum(margins) / n}
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Print one line (or one JSON object with --json) per model."""
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("models", nargs="+", help="Checkpoint directories or shipped model names.")
+    ap.add_argument("--n", type=int, default=128)
+    ap.add_argument("--seed", type=int, default=12345)
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args(argv)
+    for m in args.models:
+        r = key_margin(m, args.n, args.seed)
+        print(json.dumps(r) if args.json else
+              f"{m}: key acc {r['key_acc']:.1f}% (chance {r['chance']:.1f}), margin {r['margin']:+.2f} nats")
+
+
+if __name__ == "__main__":
+    main()
