@@ -6,8 +6,8 @@ On packed needles at k = 1 (task `needle-packed`: the asked needle and 1-3 needl
 the passage is encoded alone and each needle's value (`value <eos>`) is scored after `<q> question <a>`: the sum
 of its tokens' log-probabilities. Per model it prints:
 
-* key acc: the share of questions whose own value is the most likely of the passage's values (chance: the mean of
-  1 / needles, about 0.36);
+* key acc: the share of questions whose own value is the most likely of the passage's values, in percent (chance:
+  the mean of 1 / needles, about 35);
 * margin: the mean over questions of (own value's log-likelihood - the mean of the others'), in nats.
 
 A model that reads "the digits after *is*" by position scores every value of the passage alike (key acc near
@@ -51,9 +51,11 @@ def key_margin(model_path: str, n: int = 128, seed: int = 12345) -> dict:
     model, tok = loaded.model.eval(), loaded.tokenizer
     rng = random.Random(seed)
     hits, chance, margins = 0, 0.0, []
-    for _ in range(n):
+    while len(margins) < n:
         ex = generate_example("needle-packed", rng, 1)
         others = [a for _, a in ex.extra if a != ex.answer]
+        if not others:  # another needle drew the same value: nothing to tell apart
+            continue
         ll = value_loglik(model, tok, ex.docs[ex.gold[0]], ex.question, [ex.answer] + others)
         hits += ll[0] > max(ll[1:])
         chance += 1 / len(ll)
