@@ -48,7 +48,7 @@ def value_loglik(model, tok, doc: str, question: str, values: list[str]) -> list
 def key_margin(model_path: str, n: int = 128, seed: int = 12345) -> dict:
     """Key acc, its chance level and the mean margin (nats) of a model on `n` packed-needle questions at k = 1."""
     loaded = load_model(model_path, device="cpu")
-    model, tok = loaded.model.eval(), loaded.tokenizer
+    model, tok = loaded.model, loaded.tokenizer
     rng = random.Random(seed)
     hits, chance, margins = 0, 0.0, []
     while len(margins) < n:

@@ -949,7 +949,7 @@ def test_key_margin_scores_each_value_as_the_decoder_would_generate_it(tiny_mode
 
     km = _benchmark_script("key_margin")
     loaded = load_model(tiny_model)
-    model, tok = loaded.model.eval(), loaded.tokenizer
+    model, tok = loaded.model, loaded.tokenizer
     ex = generate_example("needle-packed", random.Random(3), 1)
     values = [ex.answer] + [a for _, a in ex.extra]
     assert len(values) >= 2
