@@ -282,6 +282,7 @@ def train(
     fresh_max: Optional[int] = typer.Option(None, help="With a bank: passages per example encoded with gradient."),
     bank_prose: Optional[str] = typer.Option(None, help="With a bank: part of it is prose from this .txt / Gutenberg .jsonl(.gz) file."),
     bank_prose_frac: Optional[float] = typer.Option(None, help="With --bank-prose: the bank's prose fraction (and of examples with prose filler)."),
+    prose_passages: Optional[float] = typer.Option(None, help="With --bank-prose: this share of the generated examples write their facts and fresh filler into that prose instead of template filler."),
     eval_every: Optional[int] = typer.Option(None, help="Held-out EM per k every N steps (0: off)."),
     eval_ks: Optional[str] = typer.Option(None, help="k values for held-out EM, e.g. 1,4,16."),
     save_every: Optional[int] = typer.Option(None, help="Checkpoint every N steps (0: only at the end)."),
@@ -308,7 +309,7 @@ def train(
                  passage_chars=passage_chars, seed=seed, ckpt_group=ckpt_group, eval_every=eval_every, eval_ks=eval_ks,
                  save_every=save_every, init=init, tokenizer=tokenizer, extra_questions=extra_questions,
                  extra_min_k=extra_min_k, bank_size=bank_size, bank_refresh=bank_refresh, fresh_max=fresh_max,
-                 bank_prose=bank_prose, bank_prose_frac=bank_prose_frac, until=until, squad=squad,
+                 bank_prose=bank_prose, bank_prose_frac=bank_prose_frac, prose_passages=prose_passages, until=until, squad=squad,
                  max_minutes=max_minutes)
     base.update({k: v for k, v in given.items() if v is not None})
     if freeze_encoder:

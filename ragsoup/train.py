@@ -104,6 +104,9 @@ class TrainConfig(OptimConfig):
     # text, the rest template filler; each example draws all its bank rows from one of the two kinds
     bank_prose: str | None = None
     bank_prose_frac: float = 0.5
+    # Prose passages (off when 0): that share of the generated examples (needles and two-hop) write their facts and
+    # fresh filler passages into windows of --bank-prose's text instead of template filler
+    prose_passages: float = 0.0
     ckpt_group: int = 16  # passages per activation-checkpointed encode group; 0 = no checkpointing
     passage_chars: int = 200
     max_tokens: int = 512
@@ -291,10 +294,24 @@ def check_tasks(cfg: TrainConfig) -> None:
                 raise RagsoupError(f"task {name} needs --squad PATH (SQuAD v1.1 JSON, e.g. train-v1.1.json.gz)")
 
 
+@functools.lru_cache(maxsize=2)
+def prose_filler(path: str):
+    """The prose source of a .txt / Gutenberg .jsonl(.gz) file, read once per process."""
+    from ragsoup.tasks.filler import ProseFiller
+
+    return ProseFiller(path)
+
+
+PROSE_TASK_PREFIXES = ("needle", "two-hop")  # generators that take a filler source
+
+
 def draw_example(cfg: TrainConfig, task: str, rng: random.Random, k: int, heldout: bool = False) -> SoupExample:
     """One example of a generated task, or of SQuAD (gold paragraph, or its segments, plus distractors)."""
     if task not in SQUAD_TASKS:
-        return generate_example(task, rng, k, passage_chars=cfg.passage_chars)
+        kw = {}
+        if cfg.prose_passages > 0 and task.startswith(PROSE_TASK_PREFIXES) and rng.random() < cfg.prose_passages:
+            kw["filler"] = prose_filler(cfg.bank_prose)
+        return generate_example(task, rng, k, passage_chars=cfg.passage_chars, **kw)
     if not cfg.squad:
         raise RagsoupError(f"task {task} needs --squad PATH (SQuAD v1.1 JSON, e.g. train-v1.1.json.gz)")
     pool = squad_pools(cfg.squad)[1 if heldout else 0]
@@ -417,7 +434,6 @@ class FillerBank:
             raise RagsoupError(f"--bank-size needs a linear pool (mean, sum or centered), not '{cfg.pool}'")
         self.cfg = cfg
         self.rows: torch.Tensor | None = None
-        self._prose_source = None
 
     def refresh(self, model: Mamba2LM, tok: Tokenizer, step: int) -> None:
         """Re-encode bank_size fresh filler passages (template, then prose if any) with the current weights."""
@@ -438,11 +454,7 @@ class FillerBank:
 
     def _prose(self):
         """The prose source (read once)."""
-        if self._prose_source is None:
-            from ragsoup.tasks.filler import ProseFiller
-
-            self._prose_source = ProseFiller(self.cfg.bank_prose)
-        return self._prose_source
+        return prose_filler(self.cfg.bank_prose)
 
     def sums(self, n_each: int, batch: int, step: int) -> torch.Tensor:
         """[batch, D]: for each example, the sum of n_each bank rows drawn with replacement from one kind of text."""
@@ -583,6 +595,11 @@ def train(cfg: TrainConfig, resume: bool = False, on_log: Log | None = None, dev
             raise RagsoupError(f"--bank-prose: no such file {cfg.bank_prose} (a .txt or Gutenberg .jsonl(.gz) file)")
         if not 0.0 < cfg.bank_prose_frac < 1.0:
             raise RagsoupError(f"--bank-prose-frac must be between 0 and 1 (got {cfg.bank_prose_frac})")
+    if not 0.0 <= cfg.prose_passages <= 1.0:
+        raise RagsoupError(f"--prose-passages must be between 0 and 1 (got {cfg.prose_passages})")
+    if cfg.prose_passages > 0 and not cfg.bank_prose:
+        raise RagsoupError("--prose-passages writes examples into the prose of --bank-prose: give --bank-prose FILE "
+                           "(and --bank-size N) too")
     if cfg.arch not in ("mamba2", "transformer"):
         raise RagsoupError(f"unknown arch '{cfg.arch}': use mamba2 or transformer")
     bank_minimum = dict(bank_refresh=1, fresh_max=1) if cfg.bank_size > 0 else {}

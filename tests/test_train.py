@@ -557,6 +557,32 @@ def test_a_prose_bank_holds_both_kinds_and_each_example_reads_one(tmp_path):
     torch.testing.assert_close(counts.sum(1), torch.full((256,), 5.0))
 
 
+def test_prose_passages_write_that_share_of_examples_into_the_prose(tmp_path):
+    from ragsoup.train import TrainConfig, make_batch
+
+    book = tmp_path / "book.txt"
+    book.write_text(" ".join(f"The river ran past the {w} house in the evening light." for w in
+                             ["old", "red", "quiet", "tall", "narrow", "white"]) + "\n", encoding="utf-8")
+    cfg = TrainConfig(tasks="needle:1,needle-distractor:1,two-hop:1", k_min=4, k_max=4, batch_size=64,
+                      passage_chars=120, bank_size=8, bank_prose=str(book), prose_passages=0.5)
+    _, batch = make_batch(cfg, step=3)
+    in_prose = [all("river ran past" in d for d in ex.docs) for ex in batch]
+    assert 16 < sum(in_prose) < 48  # about half, and then every passage of the example
+    assert all(not any("river ran past" in d for d in ex.docs) for ex, p in zip(batch, in_prose) if not p)
+    for ex in batch:  # the facts are still there
+        assert ex.answer in " ".join(ex.docs[g] for g in ex.gold)
+    assert [ex.question for ex in make_batch(cfg, step=3)[1]] == [ex.question for ex in batch]  # deterministic
+    plain = make_batch(replace(cfg, prose_passages=0.0), step=3)[1]
+    assert not any("river ran past" in d for ex in plain for d in ex.docs)
+
+
+def test_prose_passages_need_the_prose_file(tmp_path):
+    with pytest.raises(RagsoupError, match="--bank-prose FILE"):
+        train(TrainConfig(out=str(tmp_path / "a"), bank_size=8, prose_passages=0.5))
+    with pytest.raises(RagsoupError, match="between 0 and 1"):
+        train(TrainConfig(out=str(tmp_path / "b"), prose_passages=1.5))
+
+
 def test_a_prose_bank_needs_a_bank_and_a_readable_file(tmp_path):
     with pytest.raises(RagsoupError, match="--bank-size"):
         train(TrainConfig(out=str(tmp_path / "a"), bank_prose=str(tmp_path / "x.txt")))
