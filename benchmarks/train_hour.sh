@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The one-hour version of the shipped recipe (docs/models.md, "Both skills in 58 minutes", then sections (k)-(o)):
+# The one-hour version of the shipped recipe (docs/models.md, "Both skills in 58 minutes", then sections (k)-(q)):
 # 1. stage 1 of the shipped recipe (from scratch, k 1->64, needle + distractor + two-hop), with the filler-state bank
 #    from the start: above k = 8 the extra passages are bank states, so the large-k steps cost what k = 8 costs;
 #    k stays 1 until the training loss leaves its starting plateau (--k-hold-loss 2.0: the mean of 50 steps below
@@ -9,16 +9,20 @@
 #    the schedule by the held steps (--k-hold-extend), did not help (sections (m), (n)).
 # 2. chaining two facts: stage 5's task mix (two-hop 4 : needle 1 : distractor 1) at k 2-4, two runs of 2,400 steps
 #    (the second a fresh cosine from the first's end, another data seed);
-# 3. large k again: stage 6's preset (filler bank up to k = 512, half of it Gutenberg prose, two-hop kept in the mix)
-#    on a 1,100-step schedule instead of 600.
-# 41-72 minutes on a 2-core CPU with nothing else running, by run and by day (docs/models.md (d), (k)-(o); 43.6 with
-# its own seeds as it now reads). With its own seeds it matches distractor keys and chains two facts, a few points
-# below the three-hour shipped model (benchmarks/train_default.sh): distractors at k = 4 right 22.7 (shipped 69.5),
-# two-hop at k = 2 71.1 (85.2), single needles at k = 4 97.7 (section (o)). Other seeds (SEED=300, 200) read single
-# needles at 99-100 up to k = 256 but blend the needles' digits by position and chain less (two-hop 47.7 and 10.9):
-# whether a run will match keys shows after stage 1 (it copies whole values), and stage_ok.py --keys prints it
-# (sections (o), (p)). Key matching forms in stages 2-3; stage 4 takes most of it back (section (p): with packed
-# needles in its mix it keeps it, at a cost to needles in unseen prose, so the mix stays as it is).
+# 3. large k again: stage 6's preset (filler bank up to k = 512, half of it Gutenberg prose) on an 1,100-step schedule
+#    instead of 600, with key-matching data and prose passages (section (q)): needle 4 : distractor 2 : two-hop 3 :
+#    packed 2 (packed: 1-3 other keys' needles in the asked needle's passage) instead of needle 4 : distractor 1 :
+#    two-hop 3, and half of the examples written into the bank's book (--prose-passages 0.5) instead of template text.
+# About an hour on a 2-core CPU with nothing else running: its first three stages took 30.4 minutes with its own seeds;
+# the last about 30 (estimated from its speed beside another run against the old last stage's, which took 13.2 alone;
+# prose passages are longer in tokens). Runs have taken 41-72 minutes by run and by day (docs/models.md (d), (k)-(q)).
+# With its own seeds it matches distractor keys and chains two facts below the three-hour shipped model
+# (benchmarks/train_default.sh), and reads needles in unseen prose better: distractors at k = 4 right 46.9 (shipped
+# 69.5; 22.7 with the old last stage, which took stages 2-3's key matching back to chance), key acc 68.0 (85.2),
+# two-hop at k = 2 65.6 (85.2), single needles at k = 16 / 64 (centered) 96.5 / 94.9, unseen prose at k = 64 / 256
+# 89.1 / 37.5 (section (q); one stage seed measured). Other seeds (SEED=300, 200) read single needles at 99-100 up to
+# k = 256 but blend the needles' digits by position and chain less (two-hop 47.7 and 10.9): whether a run copies
+# values whole shows after stage 1, and stage_ok.py --keys prints it (sections (o), (p)).
 # SEED=N (optional) replaces the stages' own seeds with N, N+1, N+2, N+3: other runs of the same recipe, to see its spread.
 set -euo pipefail
 threads=${THREADS:-2}
@@ -35,5 +39,6 @@ ragsoup train --preset default-twohop --init "$out-s1/last" --out "$out-s2" --k-
 ragsoup train --preset default-twohop --init "$out-s2/last" --out "$out-s3" --k-max 4 --steps 2400 \
     --eval-every 800 --save-every 400 --threads "$threads" $(seed 2 --seed 11)
 ragsoup train --preset default-final --init "$out-s3/last" --out "$out-s4" --steps 1100 --eval-every 550 \
+    --tasks needle:4,needle-distractor:2,two-hop:3,needle-packed:2 --prose-passages 0.5 \
     --threads "$threads" $(seed 3)
 ragsoup background "$out-s4/last"   # the background state that --pool centered reads
