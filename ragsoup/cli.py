@@ -309,8 +309,8 @@ def train(
                  passage_chars=passage_chars, seed=seed, ckpt_group=ckpt_group, eval_every=eval_every, eval_ks=eval_ks,
                  save_every=save_every, init=init, tokenizer=tokenizer, extra_questions=extra_questions,
                  extra_min_k=extra_min_k, bank_size=bank_size, bank_refresh=bank_refresh, fresh_max=fresh_max,
-                 bank_prose=bank_prose, bank_prose_frac=bank_prose_frac, prose_passages=prose_passages, until=until, squad=squad,
-                 max_minutes=max_minutes)
+                 bank_prose=bank_prose, bank_prose_frac=bank_prose_frac, prose_passages=prose_passages, until=until,
+                 squad=squad, max_minutes=max_minutes)
     base.update({k: v for k, v in given.items() if v is not None})
     if freeze_encoder:
         base["freeze_encoder"] = True

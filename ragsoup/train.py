@@ -32,7 +32,7 @@ from ragsoup.soup import centre, check_pool, pool_states
 from ragsoup.store import flatten_states, unflatten_states
 from ragsoup.tasks import generate_example
 from ragsoup.tasks.base import SoupExample
-from ragsoup.tasks.filler import gutenberg_shard
+from ragsoup.tasks.filler import ProseFiller, gutenberg_shard
 from ragsoup.tasks.squad import (SQUAD_SPLIT_SEED, SQUAD_TRAIN_PATH, SQUAD_VAL_FRACTION, SquadPool, load_squad,
                                  split_by_article)
 from ragsoup.tokenizer import ByteTokenizer, Tokenizer, answer_ids, passage_ids, prompt_ids, train_bpe
@@ -295,10 +295,8 @@ def check_tasks(cfg: TrainConfig) -> None:
 
 
 @functools.lru_cache(maxsize=2)
-def prose_filler(path: str):
+def prose_filler(path: str) -> ProseFiller:
     """The prose source of a .txt / Gutenberg .jsonl(.gz) file, read once per process."""
-    from ragsoup.tasks.filler import ProseFiller
-
     return ProseFiller(path)
 
 
@@ -452,7 +450,7 @@ class FillerBank:
             return 0
         return min(self.cfg.bank_size - 1, max(1, round(self.cfg.bank_prose_frac * self.cfg.bank_size)))
 
-    def _prose(self):
+    def _prose(self) -> ProseFiller:
         """The prose source (read once)."""
         return prose_filler(self.cfg.bank_prose)
 
