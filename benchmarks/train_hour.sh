@@ -13,8 +13,8 @@
 #    instead of 600, with key-matching data and prose passages (section (q)): needle 4 : distractor 2 : two-hop 3 :
 #    packed 2 (packed: 1-3 other keys' needles in the asked needle's passage) instead of needle 4 : distractor 1 :
 #    two-hop 3, and half of the examples written into the bank's book (--prose-passages 0.5) instead of template text.
-# About 68 minutes on a 2-core CPU with nothing else running: its first three stages took 30.4 minutes with its own
-# seeds, the last 37 (the old last stage 13.2: prose passages are longer in tokens). Runs of the older versions took
+# About 69 minutes on a 2-core CPU with nothing else running: its first three stages took 30.4 minutes with its own
+# seeds, the last 38.5 (the old last stage 13.2: prose passages are longer in tokens). Runs of the older versions took
 # 41-72 minutes by run and by day (docs/models.md (d), (k)-(q)).
 # With its own seeds it matches distractor keys and chains two facts below the three-hour shipped model
 # (benchmarks/train_default.sh), and reads needles in unseen prose better: distractors at k = 4 right 46.9 (shipped
