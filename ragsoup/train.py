@@ -32,7 +32,7 @@ from ragsoup.soup import centre, check_pool, pool_states
 from ragsoup.store import flatten_states, unflatten_states
 from ragsoup.tasks import generate_example
 from ragsoup.tasks.base import SoupExample
-from ragsoup.tasks.filler import ProseFiller, gutenberg_shard
+from ragsoup.tasks.filler import FillerSource, ProseFiller, gutenberg_shard
 from ragsoup.tasks.squad import (SQUAD_SPLIT_SEED, SQUAD_TRAIN_PATH, SQUAD_VAL_FRACTION, SquadPool, load_squad,
                                  split_by_article)
 from ragsoup.tokenizer import ByteTokenizer, Tokenizer, answer_ids, passage_ids, prompt_ids, train_bpe
@@ -435,11 +435,10 @@ class FillerBank:
 
     def refresh(self, model: Mamba2LM, tok: Tokenizer, step: int) -> None:
         """Re-encode bank_size fresh filler passages (template, then prose if any) with the current weights."""
-        from ragsoup.tasks.filler import FillerSource
-
         rng = random.Random(f"bank:{self.cfg.seed}:{step}")
         n_prose = self.n_prose()
-        sources = [FillerSource()] * (self.cfg.bank_size - n_prose) + ([self._prose()] * n_prose if n_prose else [])
+        prose = [prose_filler(self.cfg.bank_prose)] * n_prose if n_prose else []
+        sources = [FillerSource()] * (self.cfg.bank_size - n_prose) + prose
         seqs = [passage_ids(tok, src.passage(rng, self.cfg.passage_chars), self.cfg.max_tokens) for src in sources]
         self.rows = encode_rows(model, seqs, tok.pad_id, 64, grad=False).float()
         self.background = self.rows.mean(0)  # [D]: the current model's background state, for the centered pool
@@ -449,10 +448,6 @@ class FillerBank:
         if not self.cfg.bank_prose:
             return 0
         return min(self.cfg.bank_size - 1, max(1, round(self.cfg.bank_prose_frac * self.cfg.bank_size)))
-
-    def _prose(self) -> ProseFiller:
-        """The prose source (read once)."""
-        return prose_filler(self.cfg.bank_prose)
 
     def sums(self, n_each: int, batch: int, step: int) -> torch.Tensor:
         """[batch, D]: for each example, the sum of n_each bank rows drawn with replacement from one kind of text."""
