@@ -41,6 +41,48 @@ def run_groups(fn: Callable[[Tensor, Tensor], T], batches: Iterable[tuple[Tensor
     return out
 
 
+# One encode call costs about as much as this many padded tokens (forward + backward of the default model's training
+# passages on the 2-core CPU: benchmarks/encode_groups.py). length_groups trades calls against padding with it.
+CALL_TOKENS = 256
+
+
+def length_groups(lengths: Sequence[int], max_size: int = 0, call_tokens: int = CALL_TOKENS) -> list[list[int]]:
+    """Indices of ``lengths`` in groups to pad together: runs of the length-sorted order, each at most ``max_size``
+    long (0 = any), chosen to minimise the padded tokens plus ``call_tokens`` per group."""
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    srt = [lengths[i] for i in order]
+    n = len(srt)
+    if n == 0:
+        return []
+    # without a size cap an optimal grouping cuts only where the length changes
+    cuts = list(range(n + 1)) if max_size > 0 else [0] + [j for j in range(1, n) if srt[j] != srt[j - 1]] + [n]
+    best: dict[int, tuple[int, int]] = {0: (0, 0)}  # cut -> (cost of the sorted prefix up to it, the cut before)
+    for x, j in enumerate(cuts[1:], 1):
+        before = cuts[:x] if max_size <= 0 else range(max(0, j - max_size), j)
+        best[j] = min((best[i][0] + call_tokens + (j - i) * srt[j - 1], i) for i in before)
+    groups: list[list[int]] = []
+    j = n
+    while j > 0:
+        i = best[j][1]
+        groups.append(order[i:j])
+        j = i
+    return groups[::-1]
+
+
+def encode_rows(model: Mamba2LM, seqs: Sequence[list[int]], pad_id: int, group: int = 0, grad: bool = False) -> Tensor:
+    """Flat final states [n, D] of each sequence (input order), encoded independently in length-sorted groups.
+
+    ``group``: at most that many sequences per encode call (0 = any), each call activation-checkpointed when ``grad``
+    (training memory flat in the number of passages); without ``grad`` no autograd runs.
+    """
+    groups = length_groups([len(s) for s in seqs], group)
+    batches = (pad_batch([seqs[i] for i in g], pad_id, model.device) for g in groups)
+    fn = lambda ids, lengths: flatten_states(model.encode(ids, lengths))  # noqa: E731
+    rows = torch.cat(run_groups(fn, batches, group > 0, grad), 0)
+    order = torch.tensor([i for g in groups for i in g], device=rows.device)
+    return rows.index_select(0, torch.argsort(order))
+
+
 def encode_token_batch(model: Mamba2LM, seqs: Sequence[list[int]], pad_id: int) -> States:
     """Final states of each token sequence, encoded independently from the zero state."""
     ids, lengths = pad_batch(seqs, pad_id, model.device)

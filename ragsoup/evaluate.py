@@ -8,12 +8,13 @@ import torch
 from torch import Tensor
 
 from ragsoup import kvsoup
-from ragsoup.encode import encode_token_batch
+from ragsoup.encode import encode_rows
 from ragsoup.errors import RagsoupError
 from ragsoup.generate import batch_states, concat_states, generate
 from ragsoup.metrics import best_em_f1
 from ragsoup.model import Mamba2LM, States
 from ragsoup.soup import pool_states
+from ragsoup.store import unflatten_states
 from ragsoup.tasks.base import SoupExample
 from ragsoup.tokenizer import Tokenizer, passage_ids
 
@@ -33,8 +34,7 @@ def soup_state(model: Mamba2LM, tok: Tokenizer, docs: Sequence[str], pool: str =
             raise RagsoupError("the KV-cache baseline soups with equal weights only: use --weights uniform")
         return kvsoup.soup_state(model, tok, docs, pool, max_tokens, batch_size)
     seqs = [passage_ids(tok, d, max_tokens) for d in docs]
-    parts = [encode_token_batch(model, seqs[i : i + batch_size], tok.pad_id) for i in range(0, len(seqs), batch_size)]
-    states = parts[0] if len(parts) == 1 else batch_states(parts)
+    states = unflatten_states(encode_rows(model, seqs, tok.pad_id, batch_size), model.cfg)
     return pool_states(states, len(docs), pool, background, None if weights is None else weights.reshape(1, -1))
 
 

@@ -22,14 +22,14 @@ import torch
 import torch.nn.functional as F
 
 from ragsoup.checkpoint import load_model, save_checkpoint
-from ragsoup.encode import pad_batch, run_groups
+from ragsoup.encode import encode_rows, pad_batch
 from ragsoup.errors import RagsoupError
 from ragsoup.evaluate import predict, score
 from ragsoup.generate import concat_ids
 from ragsoup.kvsoup import TransformerConfig, TransformerLM, encode_pool, is_kv_model
 from ragsoup.model import Mamba2Config, Mamba2LM, States
 from ragsoup.soup import centre, check_pool, pool_states
-from ragsoup.store import flatten_states, unflatten_states
+from ragsoup.store import unflatten_states
 from ragsoup.tasks import generate_example
 from ragsoup.tasks.base import SoupExample
 from ragsoup.tasks.filler import FillerSource, ProseFiller, gutenberg_shard
@@ -412,16 +412,8 @@ def lr_at(cfg: OptimConfig, step: int) -> float:
 
 
 def encode_groups(model: Mamba2LM, seqs: list[list[int]], pad_id: int, group: int, grad: bool) -> States:
-    """Encode passages independently, ``group`` at a time, each group activation-checkpointed when training."""
+    """Encode passages independently, at most ``group`` at a time (0: any), as ``encode_rows`` does, as states."""
     return unflatten_states(encode_rows(model, seqs, pad_id, group, grad), model.cfg)
-
-
-def encode_rows(model: Mamba2LM, seqs: list[list[int]], pad_id: int, group: int, grad: bool) -> torch.Tensor:
-    """Like ``encode_groups`` but returns flat state rows [n, D]."""
-    size = group if group > 0 else len(seqs)
-    batches = (pad_batch(seqs[i : i + size], pad_id, model.device) for i in range(0, len(seqs), size))
-    fn = lambda ids, lengths: flatten_states(model.encode(ids, lengths))  # noqa: E731
-    return torch.cat(run_groups(fn, batches, group > 0, grad), 0)
 
 
 class FillerBank:
