@@ -172,8 +172,8 @@ def _run_concurrently(loaded, emb, texts, todo_idx, embeddings, writer, batch_si
         t = time.perf_counter()
         done = 0
         dtype = torch.float16 if state_dtype == "float16" else torch.float32
-        for start, rows in encode_passages(loaded.model, loaded.tokenizer, texts, batch_size, max_tokens, dtype):
-            writer.write(idx[start : start + len(rows)], rows)
+        for positions, rows in encode_passages(loaded.model, loaded.tokenizer, texts, batch_size, max_tokens, dtype):
+            writer.write(idx[positions], rows)
             done += len(rows)
             if progress:
                 progress("encode", done, n)

@@ -55,7 +55,7 @@ def index(
     corpus: Path = typer.Argument(..., help="Directory of .txt/.md, a .jsonl, a SQuAD/HotpotQA .json, or a saved `datasets` dataset."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Index directory to create or update (default: indexes/<corpus name>)."),
     model: Optional[str] = typer.Option(None, help="Checkpoint directory or shipped model name (default: the shipped default)."),
-    batch_size: int = typer.Option(16, help="Passages encoded per batch."),
+    batch_size: int = typer.Option(16, help="Passages encoded per batch at most (grouped by length, so that little is padding)."),
     device: str = typer.Option("auto", help="auto, cpu or cuda."),
     factory: str = typer.Option("Flat", help="FAISS index factory string (inner product), e.g. IVF256,Flat for big corpora."),
     chunk_chars: int = typer.Option(600, help="Maximum passage length in characters (sentence-aware chunking)."),

@@ -97,17 +97,17 @@ def encode_passages(
     max_tokens: int = 1024,
     dtype: torch.dtype = torch.float16,
     on_batch: Callable[[int], None] | None = None,
-) -> Iterator[tuple[int, Tensor]]:
-    """Yield (start, rows [b, D]) for consecutive batches of passages, rows cast to ``dtype`` on the CPU.
+) -> Iterator[tuple[list[int], Tensor]]:
+    """Yield (positions, rows [b, D]): batches of at most ``batch_size`` passages of similar length
+    (``length_groups``), each with its passages' positions in ``texts``, rows cast to ``dtype`` on the CPU.
 
     On a GPU the encode runs under bf16 autocast (matmuls in bf16, the scan's state accumulation in fp32).
     """
     seqs = [passage_ids(tok, t, max_tokens) for t in texts]
     on_gpu = model.device.type == "cuda"
     with torch.inference_mode(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=on_gpu):
-        for start in range(0, len(seqs), batch_size):
-            batch = seqs[start : start + batch_size]
-            rows = flatten_states(encode_token_batch(model, batch, tok.pad_id))
-            yield start, rows.to("cpu", dtype)
+        for positions in length_groups([len(s) for s in seqs], batch_size):
+            rows = flatten_states(encode_token_batch(model, [seqs[i] for i in positions], tok.pad_id))
+            yield positions, rows.to("cpu", dtype)
             if on_batch:
-                on_batch(len(batch))
+                on_batch(len(positions))

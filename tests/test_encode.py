@@ -6,9 +6,10 @@ import random
 import pytest
 import torch
 
-from ragsoup.encode import encode_rows, encode_token_batch, length_groups
+from ragsoup.encode import encode_passages, encode_rows, encode_token_batch, length_groups
 from ragsoup.model import Mamba2Config, Mamba2LM
 from ragsoup.store import flatten_states
+from ragsoup.tokenizer import ByteTokenizer, passage_ids
 
 TINY = Mamba2Config(d_model=32, n_layer=2, vocab_size=64, d_state=8, headdim=16, chunk_size=8)
 
@@ -94,3 +95,19 @@ def test_encode_rows_gradients_equal_one_padded_batch(group):
 def test_encode_rows_without_grad_builds_no_graph():
     rows = encode_rows(_model(), _seqs(), 0, 3, grad=False)
     assert not rows.requires_grad
+
+
+def test_encode_passages_yields_every_position_once_with_its_own_state():
+    tok = ByteTokenizer()
+    torch.manual_seed(0)
+    m = Mamba2LM(Mamba2Config(d_model=32, n_layer=2, vocab_size=264, d_state=8, headdim=16, chunk_size=8)).eval()
+    texts = [("word " * n).strip() for n in (2, 60, 3, 55, 1, 58, 4)]
+    out = list(encode_passages(m, tok, texts, batch_size=3, dtype=torch.float32))
+    positions = [i for pos, _ in out for i in pos]
+    assert sorted(positions) == list(range(len(texts))) and len(out) >= 3
+    assert all(len(pos) <= 3 for pos, _ in out)
+    for pos, rows in out:
+        for i, row in zip(pos, rows):
+            with torch.no_grad():
+                alone = flatten_states(encode_token_batch(m, [passage_ids(tok, texts[i], 1024)], tok.pad_id))[0]
+            torch.testing.assert_close(row, alone, rtol=1e-4, atol=1e-5)
