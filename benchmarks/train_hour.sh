@@ -39,6 +39,6 @@ ragsoup train --preset default-twohop --init "$out-s1/last" --out "$out-s2" --k-
 ragsoup train --preset default-twohop --init "$out-s2/last" --out "$out-s3" --k-max 4 --steps 2400 \
     --eval-every 800 --save-every 400 --threads "$threads" $(seed 2 --seed 11)
 ragsoup train --preset default-final --init "$out-s3/last" --out "$out-s4" --steps 1100 --eval-every 550 \
-    --tasks needle:4,needle-distractor:2,two-hop:3,needle-packed:2 --prose-passages 0.5 \
+    --tasks needle:4,needle-distractor:2,two-hop:3,needle-packed:2 --prose-passages 0.5 --group-by-length \
     --threads "$threads" $(seed 3)
 ragsoup background "$out-s4/last"   # the background state that --pool centered reads

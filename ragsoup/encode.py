@@ -69,16 +69,24 @@ def length_groups(lengths: Sequence[int], max_size: int = 0, call_tokens: int = 
     return groups[::-1]
 
 
-def encode_rows(model: Mamba2LM, seqs: Sequence[list[int]], pad_id: int, group: int = 0, grad: bool = False) -> Tensor:
+def encode_rows(model: Mamba2LM, seqs: Sequence[list[int]], pad_id: int, group: int = 0, grad: bool = False,
+                by_length: bool = True) -> Tensor:
     """Flat final states [n, D] of each sequence (input order), encoded independently in length-sorted groups.
 
     ``group``: at most that many sequences per encode call (0 = any), each call activation-checkpointed when ``grad``
-    (training memory flat in the number of passages); without ``grad`` no autograd runs.
+    (training memory flat in the number of passages); without ``grad`` no autograd runs. ``by_length=False``: groups
+    of consecutive sequences instead (more padding; the grouping that training runs before length grouping used).
     """
-    groups = length_groups([len(s) for s in seqs], group)
+    if by_length:
+        groups = length_groups([len(s) for s in seqs], group)
+    else:
+        size = group if group > 0 else len(seqs)
+        groups = [list(range(i, min(i + size, len(seqs)))) for i in range(0, len(seqs), size)]
     batches = (pad_batch([seqs[i] for i in g], pad_id, model.device) for g in groups)
     fn = lambda ids, lengths: flatten_states(model.encode(ids, lengths))  # noqa: E731
     rows = torch.cat(run_groups(fn, batches, group > 0, grad), 0)
+    if not by_length:
+        return rows
     order = torch.tensor([i for g in groups for i in g], device=rows.device)
     return rows.index_select(0, torch.argsort(order))
 

@@ -111,3 +111,12 @@ def test_encode_passages_yields_every_position_once_with_its_own_state():
             with torch.no_grad():
                 alone = flatten_states(encode_token_batch(m, [passage_ids(tok, texts[i], 1024)], tok.pad_id))[0]
             torch.testing.assert_close(row, alone, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("group", [0, 3])
+def test_encode_rows_in_input_order_is_bitwise_the_consecutive_batches(group):
+    m, seqs = _model().eval(), _seqs()
+    size = group or len(seqs)
+    with torch.no_grad():
+        chunks = [flatten_states(encode_token_batch(m, seqs[i : i + size], 0)) for i in range(0, len(seqs), size)]
+    assert torch.equal(encode_rows(m, seqs, 0, group, by_length=False), torch.cat(chunks))

@@ -679,3 +679,15 @@ def test_out_of_range_options_are_named_before_any_work(tmp_path, field, value, 
     with pytest.raises(RagsoupError, match=f"^{option} must be"):
         train(_cfg(out=str(tmp_path / "o"), **{field: value}))
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("ckpt_group", [0, 2])
+def test_group_by_length_gives_the_same_loss_and_gradients(ckpt_group):
+    cfg = _cfg(ckpt_group=ckpt_group, k_min=4, k_max=4, passage_chars=60, tasks="needle:1,two-hop:1")
+    k, batch = make_batch(cfg, 0)
+    assert len({len(d) for ex in batch for d in ex.docs}) > 1  # passages of several lengths
+    plain = _grads(_model()[0], cfg, k, batch)
+    grouped = _grads(_model()[0], replace(cfg, group_by_length=True), k, batch)
+    assert grouped[0] == pytest.approx(plain[0], rel=1e-5)
+    for name, g in plain[1].items():
+        torch.testing.assert_close(grouped[1][name], g, rtol=1e-4, atol=1e-6)
