@@ -12,10 +12,13 @@
 # 3. large k again: stage 6's preset (filler bank up to k = 512, half of it Gutenberg prose) on an 1,100-step schedule
 #    instead of 600, with key-matching data and prose passages (section (q)): needle 4 : distractor 2 : two-hop 3 :
 #    packed 2 (packed: 1-3 other keys' needles in the asked needle's passage) instead of needle 4 : distractor 1 :
-#    two-hop 3, and half of the examples written into the bank's book (--prose-passages 0.5) instead of template text.
-# About 69 minutes on a 2-core CPU with nothing else running: its first three stages took 30.4 minutes with its own
-# seeds, the last 38.5 (the old last stage 13.2: prose passages are longer in tokens). Runs of the older versions took
-# 41-72 minutes by run and by day (docs/models.md (d), (k)-(q)).
+#    two-hop 3, and half of the examples written into the bank's book (--prose-passages 0.5) instead of template text;
+#    its passages are encoded in length-sorted groups (--group-by-length: prose passages are twice as long in tokens).
+# About 50 minutes on a 2-core CPU with nothing else running on a fast day, 71 on a slow one: this machine ran the same
+# computation 1.44 times slower on one day than another. Its first three stages took 30.4 minutes on the fast day, the
+# grouped last stage 27.5 on the slow one (without grouping 38.5: docs/models.md (r)). Only the last stage groups:
+# grouping changes float rounding, and with every stage grouped the same seeds ended stage 1 blending values instead
+# of copying them whole, which costs the key matching below (section (r)).
 # With its own seeds it matches distractor keys and chains two facts below the three-hour shipped model
 # (benchmarks/train_default.sh), and reads needles in unseen prose better: distractors at k = 4 right 46.9 (shipped
 # 69.5; 22.7 with the old last stage, which took stages 2-3's key matching back to chance), key acc 68.0 (85.2),

@@ -691,3 +691,16 @@ def test_group_by_length_gives_the_same_loss_and_gradients(ckpt_group):
     assert grouped[0] == pytest.approx(plain[0], rel=1e-5)
     for name, g in plain[1].items():
         torch.testing.assert_close(grouped[1][name], g, rtol=1e-4, atol=1e-6)
+
+
+def test_train_command_group_by_length_is_recorded_and_off_by_default(tmp_path):
+    from typer.testing import CliRunner
+
+    from ragsoup.cli import app
+
+    for name, flags, expected in (("plain", [], False), ("grouped", ["--group-by-length"], True)):
+        out = tmp_path / name
+        res = CliRunner().invoke(app, ["train", "--preset", "tiny", "--out", str(out), "--steps", "2",
+                                       "--eval-every", "0", *flags])
+        assert res.exit_code == 0, res.output
+        assert json.loads((out / "train_config.json").read_text())["group_by_length"] is expected
