@@ -23,9 +23,10 @@
 # (benchmarks/train_default.sh), and reads needles in unseen prose better: distractors at k = 4 right 46.9 (shipped
 # 69.5; 22.7 with the old last stage, which took stages 2-3's key matching back to chance), key acc 68.0 (85.2),
 # two-hop at k = 2 65.6 (85.2), single needles at k = 16 / 64 (centered) 96.5 / 94.9, unseen prose at k = 64 / 256
-# 89.1 / 37.5 (section (q); one stage seed measured). Other seeds (SEED=300, 200) read single needles at 99-100 up to
-# k = 256 but blend the needles' digits by position and chain less (two-hop 47.7 and 10.9): whether a run copies
-# values whole shows after stage 1, and stage_ok.py --keys prints it (sections (o), (p)).
+# 89.1 / 37.5 (sections (q), (r); a second last-stage seed reads alike: distractors 40.6, prose 85.9 / 29.7). Other
+# seeds (SEED=300, 200) read single needles at 99-100 up to k = 256 but blend the needles' digits by position and
+# chain less (two-hop 47.7 and 10.9): whether a run copies values whole shows after stage 1, and stage_ok.py --keys
+# prints it (sections (o), (p)).
 # SEED=N (optional) replaces the stages' own seeds with N, N+1, N+2, N+3: other runs of the same recipe, to see its spread.
 set -euo pipefail
 threads=${THREADS:-2}

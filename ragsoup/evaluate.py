@@ -25,7 +25,7 @@ MODES = ("soup", "concat")
 def soup_state(model: Mamba2LM, tok: Tokenizer, docs: Sequence[str], pool: str = "mean",
                max_tokens: int = 1024, batch_size: int = 32, background: States | None = None,
                weights: Tensor | None = None) -> States:
-    """Encode each passage alone and pool the final states (batch of one).
+    """Encode each passage independently (in length-sorted batches) and pool the final states.
 
     ``background``: for centered; ``weights`` [k]: a weighted mean or centered soup.
     """
