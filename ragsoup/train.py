@@ -415,7 +415,7 @@ def lr_at(cfg: OptimConfig, step: int) -> float:
 
 
 def encode_groups(model: Mamba2LM, seqs: list[list[int]], pad_id: int, group: int, grad: bool,
-                  by_length: bool = False) -> States:
+                  by_length: bool) -> States:
     """Encode passages independently, at most ``group`` at a time (0: any), as ``encode_rows`` does, as states."""
     return unflatten_states(encode_rows(model, seqs, pad_id, group, grad, by_length), model.cfg)
 
