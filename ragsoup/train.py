@@ -325,6 +325,22 @@ def mix_spec(cfg: TrainConfig, held: bool) -> str:
     return cfg.hold_tasks if held and cfg.hold_tasks else cfg.tasks
 
 
+def k_of_step(cfg: TrainConfig, step: int, ramp_start: int | None = 0) -> int:
+    """The k that ``make_batch`` draws for ``step`` (its first draw from the step's seed), without the examples."""
+    return k_for_step(cfg, random.Random(f"{cfg.seed}:{step}"), step, ramp_start)
+
+
+def bank_needed(cfg: TrainConfig, step: int, ramp_start: int | None) -> bool:
+    """Whether a bank refreshed at ``step`` is read before the next due refresh: some step up to it draws k above
+    fresh_max (or the centered pool reads the bank's mean). Skipping a refresh that nothing reads changes no result."""
+    if cfg.pool == "centered":
+        return True
+    if ramp_start is None:  # held at k_min until the loss decides; checked again every step until the release
+        return cfg.k_min > cfg.fresh_max
+    end = (step // cfg.bank_refresh + 1) * cfg.bank_refresh
+    return any(k_of_step(cfg, s, ramp_start) > cfg.fresh_max for s in range(step, end))
+
+
 def make_batch(cfg: TrainConfig, step: int, ramp_start: int | None = 0) -> tuple[int, list[SoupExample]]:
     """The examples of one step, a pure function of (seed, step, ramp_start) so that resuming replays the same data."""
     rng = random.Random(f"{cfg.seed}:{step}")
@@ -645,9 +661,8 @@ def train(cfg: TrainConfig, resume: bool = False, on_log: Log | None = None, dev
         deadline = wall_deadline(cfg)
         while not done(step):
             k, batch = make_batch(cfg, step, hold.start)
-            # while k is held at k_min the bank is unused (bar the centered pool's background): no re-encodes
-            idle_bank = hold.start is None and cfg.k_min <= cfg.fresh_max and cfg.pool != "centered"
-            if bank is not None and not idle_bank and (bank.rows is None or step % cfg.bank_refresh == 0):
+            due = bank is not None and (bank.rows is None or step % cfg.bank_refresh == 0)
+            if due and bank_needed(cfg, step, hold.start):
                 model.eval()
                 bank.refresh(encoder or model, tok, step)
                 model.train()

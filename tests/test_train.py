@@ -395,10 +395,30 @@ def test_the_filler_bank_is_not_re_encoded_while_k_is_held(tmp_path, monkeypatch
     base = _cfg(k_min=1, k_max=6, k_ramp_steps=0, steps=3, bank_size=6, fresh_max=2, bank_refresh=1, ckpt_group=0)
     train(replace(base, out=str(tmp_path / "held"), k_hold_loss=1e-6))  # held for good: the bank is never needed
     assert calls == []
-    train(replace(base, out=str(tmp_path / "free")))
-    assert calls == [0, 1, 2]
+    train(replace(base, out=str(tmp_path / "free")))  # refreshed every step that reads it (bank_refresh 1)
+    assert calls == [s for s in range(3) if T.k_of_step(base, s) > 2] != []
+    calls.clear()
     train(replace(base, out=str(tmp_path / "centered"), k_hold_loss=1e-6, pool="centered"))  # reads the bank's mean
-    assert calls[3:] == [0, 1, 2]
+    assert calls == [0, 1, 2]
+
+
+def test_the_filler_bank_is_re_encoded_only_for_steps_that_read_it(tmp_path, monkeypatch):
+    calls: list[int] = []
+    real = T.FillerBank.refresh
+    monkeypatch.setattr(T.FillerBank, "refresh", lambda self, model, tok, step: (calls.append(step),
+                                                                               real(self, model, tok, step)))
+    cfg = _cfg(k_min=1, k_max=8, k_ramp_steps=12, steps=12, bank_size=6, fresh_max=2, bank_refresh=3, ckpt_group=0)
+    reading = [s for s in range(12) if T.k_of_step(cfg, s) > 2]  # steps whose k takes rows from the bank
+    assert [T.k_of_step(cfg, s) for s in range(12)] == [T.make_batch(cfg, s)[0] for s in range(12)]
+    windows = sorted({s // 3 * 3 for s in reading})
+    assert reading and len(windows) < 4  # the ramp leaves at least one refresh window unread
+    train(replace(cfg, out=str(tmp_path / "lazy")))
+    assert calls == windows
+    calls.clear()
+    monkeypatch.setattr(T, "bank_needed", lambda cfg, step, ramp_start: True)  # refresh whenever one is due
+    train(replace(cfg, out=str(tmp_path / "eager")))
+    assert calls == [0, 3, 6, 9]
+    assert [r["loss"] for r in _log(tmp_path / "lazy")] == [r["loss"] for r in _log(tmp_path / "eager")]
 
 
 def test_train_command_says_when_the_hold_ends_and_rejects_a_negative_threshold(tmp_path, monkeypatch):
