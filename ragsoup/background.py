@@ -21,12 +21,12 @@ import torch
 from torch import Tensor
 
 from ragsoup.checkpoint import BACKGROUND_FILE, Loaded, atomic_write_bytes
-from ragsoup.encode import encode_token_batch
+from ragsoup.encode import encode_passages
 from ragsoup.errors import RagsoupError
 from ragsoup.model import Mamba2LM, States
 from ragsoup.kvsoup import is_kv_model
-from ragsoup.store import flatten_states, unflatten_states
-from ragsoup.tokenizer import Tokenizer, passage_ids
+from ragsoup.store import unflatten_states
+from ragsoup.tokenizer import Tokenizer
 
 
 def background_passages(text: str, n: int, seed: int = 0, chars: int = 200) -> list[str]:
@@ -40,23 +40,18 @@ def background_passages(text: str, n: int, seed: int = 0, chars: int = 200) -> l
     return [source.passage(rng, chars) for _ in range(n)]
 
 
-@torch.inference_mode()
 def compute_background(model: Mamba2LM, tok: Tokenizer, passages: Sequence[str], batch_size: int = 32,
                        max_tokens: int = 1024, on_batch: Callable[[int], None] | None = None) -> Tensor:
-    """The mean final state of the passages, each encoded alone: one fp32 row [D] (fp32 accumulation)."""
+    """The mean final state of the passages, each encoded alone (in length groups, as an index encodes them):
+    one fp32 row [D], accumulated in fp32."""
     if not passages:
         raise RagsoupError("no passages to compute a background state from")
     if is_kv_model(model):
         raise RagsoupError("the transformer baseline's KV caches have no fixed size: --pool centered is for Mamba2 models")
-    acc: Tensor | None = None
-    for i in range(0, len(passages), batch_size):
-        chunk = passages[i : i + batch_size]
-        rows = flatten_states(encode_token_batch(model, [passage_ids(tok, p, max_tokens) for p in chunk], tok.pad_id))
-        part = rows.float().sum(0)
-        acc = part if acc is None else acc.add_(part)
-        if on_batch:
-            on_batch(len(chunk))
-    return acc.div_(len(passages)).cpu()
+    acc = torch.zeros(model.cfg.state_numel())
+    for _, rows in encode_passages(model, tok, passages, batch_size, max_tokens, torch.float32, on_batch):
+        acc.add_(rows.sum(0))
+    return acc.div_(len(passages))
 
 
 _REMAKE = "recreate it: `ragsoup background MODEL` for a model's, `ragsoup index CORPUS` for an index's"
