@@ -953,16 +953,19 @@ def test_key_margin_scores_each_value_as_the_decoder_would_generate_it(tiny_mode
     ex = generate_example("needle-packed", random.Random(3), 1)
     values = [ex.answer] + [a for _, a in ex.extra]
     assert len(values) >= 2
-    got = km.value_loglik(model, tok, ex.docs[0], ex.question, values)
+    got, tops = km.value_scores(model, tok, ex.docs[0], ex.question, values)
     with torch.inference_mode():
-        for v, ll in zip(values, got):
+        for v, ll, top in zip(values, got, tops):
             state = encode_token_batch(model, [passage_ids(tok, ex.docs[0], 1024)], tok.pad_id)
             logits, state = model(torch.tensor([prompt_ids(tok, ex.question)]), state)
-            logits, want = logits[0, -1], 0.0
+            logits, want, want_top = logits[0, -1], 0.0, []
             for t in answer_ids(tok, v):
                 want += float(torch.log_softmax(logits.float(), -1)[t])
+                want_top.append(int(logits.argmax()))
                 logits, state = model.step(torch.tensor([t]), state)
                 logits = logits[0]
             assert abs(ll - want) < 1e-3 * max(1.0, abs(want))
+            assert top == want_top  # the step-by-step decoder's choice after each forced prefix
     r = km.key_margin(str(tiny_model), n=3, seed=5)
     assert r["n"] == 3 and 25.0 <= r["chance"] <= 50.0 and 0.0 <= r["key_acc"] <= 100.0
+    assert 0.0 <= r["own"] <= 100.0 - r["follow"]  # a forced digit is never both values' (only differing ones count)
