@@ -263,7 +263,7 @@ def train(
     k_min: Optional[int] = typer.Option(None, help="Fewest passages per example."),
     k_max: Optional[int] = typer.Option(None, help="Most passages per example (curriculum target)."),
     k_ramp_steps: Optional[int] = typer.Option(None, help="Steps over which the largest k grows from k-min to k-max."),
-    k_hold_loss: Optional[float] = typer.Option(None, help="Hold k at k-min (the ramp waits) until the mean training loss of the last 50 steps is below this (0: off)."),
+    k_hold_loss: Optional[float] = typer.Option(None, help="Hold k at k-min (the ramp waits) until the mean training loss (of the answer tokens, also with --loss-on-question) of the last 50 steps is below this (0: off)."),
     hold_tasks: Optional[str] = typer.Option(None, help="Task mix while k is held by --k-hold-loss (default: --tasks)."),
     k_hold_extend: bool = typer.Option(False, "--k-hold-extend", help="Steps spent holding k (after warmup) do not count: the learning rate stays at its peak and the run ends that many steps later."),
     steps: Optional[int] = typer.Option(None, help="Optimizer steps."),

@@ -249,14 +249,14 @@ HOLD_WINDOW = 50  # steps whose mean training loss --k-hold-loss compares
 
 class RampHold:
     """When the k curriculum's ramp starts: step 0 without --k-hold-loss, else the first step at which the mean
-    loss of the last HOLD_WINDOW steps is below it (``start`` is None until then)."""
+    loss of the last HOLD_WINDOW steps (the answer tokens' loss) is below it (``start`` is None until then)."""
 
     def __init__(self, threshold: float, past: Iterable[dict] = ()) -> None:
         self.threshold = threshold
         self.start: int | None = 0 if threshold <= 0 else None
         self.recent: deque[float] = deque(maxlen=HOLD_WINDOW)
         for rec in past:  # a resumed run replays its log's losses
-            self.observe(rec["step"], rec["loss"])
+            self.observe(rec["step"], rec.get("answer_loss", rec["loss"]))
 
     def observe(self, step: int, loss: float) -> bool:
         """Take the loss logged at ``step``; True when the ramp starts at this step."""
@@ -476,22 +476,25 @@ class FillerBank:
 
 
 def _decoder_batch(tok: Tokenizer, prefixes: list[list[int]], qas: list[tuple[str, str]], loss_on_question: bool, device):
-    """Inputs, targets and loss mask for `prefix <q> question <a> answer <eos>` sequences."""
-    seqs, starts = [], []
+    """Inputs, targets, loss mask and answer mask (the answer tokens alone) for `prefix <q> question <a> answer
+    <eos>` sequences; the loss mask adds the question's tokens with ``loss_on_question``."""
+    seqs, starts, answers = [], [], []
     for pre, (question, answer) in zip(prefixes, qas):
         prompt = pre + prompt_ids(tok, question)
         seqs.append(prompt + answer_ids(tok, answer))
+        answers.append(len(prompt) - 1)
         starts.append(len(pre) if loss_on_question else len(prompt) - 1)
     ids, lengths = pad_batch(seqs, tok.pad_id, device)
     inp, tgt = ids[:, :-1], ids[:, 1:]
     pos = torch.arange(inp.size(1), device=device)[None]
-    mask = (pos >= torch.tensor(starts, device=device)[:, None]) & (pos < (lengths - 1)[:, None])
-    return inp, tgt, mask
+    within = pos < (lengths - 1)[:, None]
+    mask = (pos >= torch.tensor(starts, device=device)[:, None]) & within
+    return inp, tgt, mask, (pos >= torch.tensor(answers, device=device)[:, None]) & within
 
 
 def _answer_from(model: Mamba2LM, tok: Tokenizer, cfg: TrainConfig, k: int, batch: list[SoupExample],
                  states: States) -> tuple[torch.Tensor, ...]:
-    """Decoder inputs, targets, loss mask and logits of each example's question (and its extra questions, when
+    """Decoder inputs, targets, loss and answer masks and logits of each example's question (and its extra questions, when
     cfg asks for them at this k) read from that example's state."""
     qas, owner = [], []  # each question, and the example (soup) it is asked of
     n_extra = cfg.extra_questions if k >= cfg.extra_min_k else 0
@@ -502,15 +505,16 @@ def _answer_from(model: Mamba2LM, tok: Tokenizer, cfg: TrainConfig, k: int, batc
     if len(qas) > len(batch):
         sel = torch.tensor(owner, device=model.device)
         states = [type(st)(*(t.index_select(0, sel) for t in st)) for st in states]
-    inp, tgt, mask = _decoder_batch(tok, [[] for _ in qas], qas, cfg.loss_on_question, model.device)
+    inp, tgt, mask, answer = _decoder_batch(tok, [[] for _ in qas], qas, cfg.loss_on_question, model.device)
     logits, _ = model(inp, states)
-    return inp, tgt, mask, logits
+    return inp, tgt, mask, answer, logits
 
 
-def loss_on_batch(model: Mamba2LM, tok: Tokenizer, cfg: TrainConfig, k: int, batch: list[SoupExample],
-                  bank: FillerBank | None = None, step: int = 0, encoder: Mamba2LM | None = None
-                  ) -> tuple[torch.Tensor, int]:
-    """Mean answer-token cross-entropy of one batch, and the number of tokens processed.
+def batch_losses(model: Mamba2LM, tok: Tokenizer, cfg: TrainConfig, k: int, batch: list[SoupExample],
+                 bank: FillerBank | None = None, step: int = 0, encoder: Mamba2LM | None = None
+                 ) -> tuple[torch.Tensor, int, float]:
+    """The loss of one batch (mean cross-entropy of its answer tokens, and of its question tokens with
+    cfg.loss_on_question), the number of tokens processed, and the answer tokens' mean cross-entropy alone.
 
     Each example holds k passages, or (with a filler bank) len(docs) fresh ones plus k - len(docs) from the bank.
     Passages are encoded by ``encoder`` when given (decoder-only finetuning), else by the model itself; with
@@ -534,7 +538,7 @@ def loss_on_batch(model: Mamba2LM, tok: Tokenizer, cfg: TrainConfig, k: int, bat
                                    cfg.group_by_length)
             bg = bank_background(bank, model) if cfg.pool == "centered" else None
             pooled = pool_states(states, k_fresh, cfg.pool, bg)
-        inp, tgt, mask, logits = _answer_from(model, tok, cfg, k, batch, pooled)
+        inp, tgt, mask, answer, logits = _answer_from(model, tok, cfg, k, batch, pooled)
         n_tok = sum(len(s) for s in seqs) + inp.numel()
     elif cfg.extra_questions > 0 and not is_kv_model(model):
         # concat with several questions per context: encode each concatenation once (the same function as reading
@@ -542,16 +546,25 @@ def loss_on_batch(model: Mamba2LM, tok: Tokenizer, cfg: TrainConfig, k: int, bat
         seqs = [concat_ids(tok, ex.docs, cfg.max_tokens) for ex in batch]
         states = encode_groups(enc, seqs, tok.pad_id, cfg.ckpt_group, not cfg.freeze_encoder,
                                cfg.group_by_length)
-        inp, tgt, mask, logits = _answer_from(model, tok, cfg, k, batch, states)
+        inp, tgt, mask, answer, logits = _answer_from(model, tok, cfg, k, batch, states)
         n_tok = sum(len(s) for s in seqs) + inp.numel()
     else:
         prefixes = [concat_ids(tok, ex.docs, cfg.max_tokens) for ex in batch]
-        inp, tgt, mask = _decoder_batch(tok, prefixes, [(ex.question, ex.answer) for ex in batch], cfg.loss_on_question, dev)
+        inp, tgt, mask, answer = _decoder_batch(tok, prefixes, [(ex.question, ex.answer) for ex in batch],
+                                                cfg.loss_on_question, dev)
         logits, _ = model(inp)
         n_tok = inp.numel()
     ce = F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), tgt.reshape(-1), reduction="none")
-    m = mask.reshape(-1).float()
-    return (ce * m).sum() / m.sum().clamp(min=1), n_tok
+    m, a = mask.reshape(-1).float(), answer.reshape(-1).float()
+    return (ce * m).sum() / m.sum().clamp(min=1), n_tok, float((ce.detach() * a).sum() / a.sum().clamp(min=1))
+
+
+def loss_on_batch(model: Mamba2LM, tok: Tokenizer, cfg: TrainConfig, k: int, batch: list[SoupExample],
+                  bank: FillerBank | None = None, step: int = 0, encoder: Mamba2LM | None = None
+                  ) -> tuple[torch.Tensor, int]:
+    """Mean cross-entropy of one batch's answer tokens (and question tokens with cfg.loss_on_question), and the
+    number of tokens processed (``batch_losses`` without the answer tokens' mean)."""
+    return batch_losses(model, tok, cfg, k, batch, bank, step, encoder)[:2]
 
 
 def eval_sets(cfg: TrainConfig) -> dict[int, list[SoupExample]]:
@@ -667,7 +680,7 @@ def train(cfg: TrainConfig, resume: bool = False, on_log: Log | None = None, dev
                 bank.refresh(encoder or model, tok, step)
                 model.train()
             with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_amp):
-                loss, n_tok = loss_on_batch(model, tok, cfg, k, batch, bank, step, encoder)
+                loss, n_tok, answer_loss = batch_losses(model, tok, cfg, k, batch, bank, step, encoder)
             gnorm = update(model, opt, loss, cfg, sched(step))
             step += 1
             ex_acc += len(batch)
@@ -677,7 +690,9 @@ def train(cfg: TrainConfig, resume: bool = False, on_log: Log | None = None, dev
                    "grad_norm": round(float(gnorm), 4), "ex_per_s": round(ex_acc / (now - t_last), 2),
                    "tok_per_s": round(tok_acc / (now - t_last), 1)}
             t_last, ex_acc, tok_acc = now, 0, 0
-            if hold.observe(step, rec["loss"]):
+            if cfg.loss_on_question:
+                rec["answer_loss"] = round(answer_loss, 5)
+            if hold.observe(step, rec.get("answer_loss", rec["loss"])):  # the hold watches the answer tokens
                 rec["ramp_start"] = step
             if cfg.k_hold_extend:
                 rec["sched_step"] = sched(step)

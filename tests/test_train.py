@@ -421,6 +421,22 @@ def test_the_filler_bank_is_re_encoded_only_for_steps_that_read_it(tmp_path, mon
     assert [r["loss"] for r in _log(tmp_path / "lazy")] == [r["loss"] for r in _log(tmp_path / "eager")]
 
 
+def test_loss_on_question_adds_the_question_tokens_and_the_hold_still_watches_the_answer(tmp_path, monkeypatch):
+    model, tok = _model()
+    cfg = _cfg(tasks="needle:1", k_min=2, k_max=2)
+    k, batch = make_batch(cfg, 0)
+    plain, n_plain, answer_plain = T.batch_losses(model, tok, cfg, k, batch)
+    both, n_both, answer_both = T.batch_losses(model, tok, replace(cfg, loss_on_question=True), k, batch)
+    assert answer_plain == pytest.approx(plain.item(), abs=1e-6) and answer_both == pytest.approx(answer_plain, abs=1e-6)
+    assert n_both == n_plain and abs(both.item() - plain.item()) > 1e-3  # the question's tokens count too
+    seen: list[float] = []
+    real = T.RampHold.observe
+    monkeypatch.setattr(T.RampHold, "observe", lambda self, step, loss: (seen.append(loss), real(self, step, loss))[1])
+    train(replace(cfg, out=str(tmp_path / "q"), loss_on_question=True, k_hold_loss=100.0, steps=3, k_min=1))
+    log = _log(tmp_path / "q")
+    assert seen == [r["answer_loss"] for r in log] and all(r["answer_loss"] != r["loss"] for r in log)
+
+
 def test_train_command_says_when_the_hold_ends_and_rejects_a_negative_threshold(tmp_path, monkeypatch):
     from typer.testing import CliRunner
 
