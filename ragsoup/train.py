@@ -119,9 +119,14 @@ class TrainConfig(OptimConfig):
     save_every: int = 250  # 0: only the last step's checkpoint
     init: str | None = None
     tokenizer: str = "bpe:2048"  # "bytes" or "bpe:VOCAB" (trained on a sample of the task mix)
+    init_seed: int | None = None  # seed of a fresh run's initial weights and BPE (None: seed, which also draws the data)
     squad: str | None = None  # SQuAD v1.1 JSON for the "squad" / "squad-segments" tasks (training articles only)
     model: dict = field(default_factory=dict)  # Mamba2Config fields (ignored with init)
     arch: str = "mamba2"  # mamba2 | transformer (the averaged-KV-cache baseline, ragsoup.kvsoup; model = TransformerConfig)
+
+    def fresh_seed(self) -> int:
+        """The seed of a fresh run's initial weights and tokenizer: init_seed when given, else seed."""
+        return self.seed if self.init_seed is None else self.init_seed
 
 
 # stage 2 of the real-text models, soup finetuning on SQuAD (each also has a concat twin in PRESETS)
@@ -361,7 +366,7 @@ def make_tokenizer(cfg: TrainConfig, n_examples: int = 3000) -> Tokenizer:
     kind, _, size = cfg.tokenizer.partition(":")
     if kind != "bpe" or not size.isdigit():
         raise RagsoupError(f"unknown tokenizer '{cfg.tokenizer}': use bytes or bpe:VOCAB (e.g. bpe:2048)")
-    rng = random.Random(f"tokenizer:{cfg.seed}")
+    rng = random.Random(f"tokenizer:{cfg.fresh_seed()}")
     names, weights = zip(*parse_mix(mix_spec(cfg, held=cfg.k_hold_loss > 0)))
     texts: list[str] = []
     for _ in range(n_examples):
@@ -633,7 +638,10 @@ def train(cfg: TrainConfig, resume: bool = False, on_log: Log | None = None, dev
         raise RagsoupError("--hold-tasks is the task mix while k is held: give --k-hold-loss X too (e.g. 2.0)")
     check_tasks(cfg)
     out = Path(cfg.out)
-    torch.manual_seed(cfg.seed)
+    if cfg.init and cfg.init_seed is not None:
+        raise RagsoupError("--init-seed sets the initial weights of a run from scratch; with --init they come from "
+                           f"{cfg.init}: leave one out")
+    torch.manual_seed(cfg.fresh_seed())
     model, tok = start_model(out, resume, cfg.init, device, "train")
     if model is None:
         tok = make_tokenizer(cfg)

@@ -437,6 +437,29 @@ def test_loss_on_question_adds_the_question_tokens_and_the_hold_still_watches_th
     assert seen == [r["answer_loss"] for r in log] and all(r["answer_loss"] != r["loss"] for r in log)
 
 
+def test_init_seed_fixes_the_initial_weights_and_tokenizer_while_seed_draws_the_data(tmp_path, monkeypatch):
+    from safetensors.torch import load_file
+
+    monkeypatch.setattr(T, "update", lambda *a, **kw: 0.0)  # no optimizer step: the saved weights are the initial ones
+    base = _cfg(tokenizer="bpe:300", steps=2, save_every=0, ckpt_group=0)
+    runs = {"a": dict(seed=1, init_seed=5), "b": dict(seed=2, init_seed=5), "c": dict(seed=5), "d": dict(seed=1)}
+    for name, kw in runs.items():
+        train(replace(base, out=str(tmp_path / name), **kw))
+
+    def weights(name: str) -> dict:
+        return load_file(str(tmp_path / name / "last" / "model.safetensors"))
+
+    def same(x: str, y: str) -> bool:
+        wx, wy = weights(x), weights(y)
+        vocab = [(tmp_path / n / "last" / "tokenizer.json").read_text() for n in (x, y)]
+        return vocab[0] == vocab[1] and wx.keys() == wy.keys() and all(torch.equal(wx[k], wy[k]) for k in wx)
+
+    assert same("a", "b") and same("a", "c") and not same("a", "d")
+    assert [r["loss"] for r in _log(tmp_path / "a")] != [r["loss"] for r in _log(tmp_path / "b")]  # other data
+    with pytest.raises(RagsoupError, match="--init-seed"):
+        train(replace(base, out=str(tmp_path / "e"), init=str(tmp_path / "a" / "last"), init_seed=3))
+
+
 def test_train_command_says_when_the_hold_ends_and_rejects_a_negative_threshold(tmp_path, monkeypatch):
     from typer.testing import CliRunner
 
