@@ -387,11 +387,18 @@ def test_k_hold_extend_pauses_the_schedule_while_k_is_held_and_survives_resume(t
         train(replace(base, out=str(tmp_path / "no-threshold")))
 
 
-def test_the_filler_bank_is_not_re_encoded_while_k_is_held(tmp_path, monkeypatch):
+@pytest.fixture
+def refreshes(monkeypatch) -> list[int]:
+    """The steps at which the filler bank is re-encoded, in order."""
     calls: list[int] = []
     real = T.FillerBank.refresh
     monkeypatch.setattr(T.FillerBank, "refresh", lambda self, model, tok, step: (calls.append(step),
                                                                                real(self, model, tok, step)))
+    return calls
+
+
+def test_the_filler_bank_is_not_re_encoded_while_k_is_held(tmp_path, refreshes):
+    calls = refreshes
     base = _cfg(k_min=1, k_max=6, k_ramp_steps=0, steps=3, bank_size=6, fresh_max=2, bank_refresh=1, ckpt_group=0)
     train(replace(base, out=str(tmp_path / "held"), k_hold_loss=1e-6))  # held for good: the bank is never needed
     assert calls == []
@@ -402,11 +409,8 @@ def test_the_filler_bank_is_not_re_encoded_while_k_is_held(tmp_path, monkeypatch
     assert calls == [0, 1, 2]
 
 
-def test_the_filler_bank_is_re_encoded_only_for_steps_that_read_it(tmp_path, monkeypatch):
-    calls: list[int] = []
-    real = T.FillerBank.refresh
-    monkeypatch.setattr(T.FillerBank, "refresh", lambda self, model, tok, step: (calls.append(step),
-                                                                               real(self, model, tok, step)))
+def test_the_filler_bank_is_re_encoded_only_for_steps_that_read_it(tmp_path, monkeypatch, refreshes):
+    calls = refreshes
     cfg = _cfg(k_min=1, k_max=8, k_ramp_steps=12, steps=12, bank_size=6, fresh_max=2, bank_refresh=3, ckpt_group=0)
     reading = [s for s in range(12) if T.k_of_step(cfg, s) > 2]  # steps whose k takes rows from the bank
     assert [T.k_of_step(cfg, s) for s in range(12)] == [T.make_batch(cfg, s)[0] for s in range(12)]
