@@ -119,7 +119,7 @@ class TrainConfig(OptimConfig):
     save_every: int = 250  # 0: only the last step's checkpoint
     init: str | None = None
     tokenizer: str = "bpe:2048"  # "bytes" or "bpe:VOCAB" (trained on a sample of the task mix)
-    init_seed: int | None = None  # seed of a fresh run's initial weights and BPE (None: seed, which also draws the data)
+    init_seed: int | None = None  # seed of a fresh run's initial weights and BPE (None: seed, which draws the data)
     squad: str | None = None  # SQuAD v1.1 JSON for the "squad" / "squad-segments" tasks (training articles only)
     model: dict = field(default_factory=dict)  # Mamba2Config fields (ignored with init)
     arch: str = "mamba2"  # mamba2 | transformer (the averaged-KV-cache baseline, ragsoup.kvsoup; model = TransformerConfig)
@@ -499,8 +499,8 @@ def _decoder_batch(tok: Tokenizer, prefixes: list[list[int]], qas: list[tuple[st
 
 def _answer_from(model: Mamba2LM, tok: Tokenizer, cfg: TrainConfig, k: int, batch: list[SoupExample],
                  states: States) -> tuple[torch.Tensor, ...]:
-    """Decoder inputs, targets, loss and answer masks and logits of each example's question (and its extra questions, when
-    cfg asks for them at this k) read from that example's state."""
+    """Decoder inputs, targets, loss and answer masks and logits of each example's question (and its extra
+    questions, when cfg asks for them at this k) read from that example's state."""
     qas, owner = [], []  # each question, and the example (soup) it is asked of
     n_extra = cfg.extra_questions if k >= cfg.extra_min_k else 0
     for i, ex in enumerate(batch):
