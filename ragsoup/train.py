@@ -560,8 +560,12 @@ def batch_losses(model: Mamba2LM, tok: Tokenizer, cfg: TrainConfig, k: int, batc
         logits, _ = model(inp)
         n_tok = inp.numel()
     ce = F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), tgt.reshape(-1), reduction="none")
-    m, a = mask.reshape(-1).float(), answer.reshape(-1).float()
-    return (ce * m).sum() / m.sum().clamp(min=1), n_tok, float((ce.detach() * a).sum() / a.sum().clamp(min=1))
+    m = mask.reshape(-1).float()
+    loss = (ce * m).sum() / m.sum().clamp(min=1)
+    if not cfg.loss_on_question:  # the loss mask is the answer mask: the loss is the answer tokens' loss
+        return loss, n_tok, float(loss.detach())
+    a = answer.reshape(-1).float()
+    return loss, n_tok, float((ce.detach() * a).sum() / a.sum().clamp(min=1))
 
 
 def loss_on_batch(model: Mamba2LM, tok: Tokenizer, cfg: TrainConfig, k: int, batch: list[SoupExample],
