@@ -92,6 +92,15 @@ class RMSNorm(nn.Module):
         return xg.reshape(shape) * self.weight
 
 
+DT_RANGE = (1e-3, 1e-1)  # initial dt, log-uniform
+A_RANGE = (1.0, 16.0)  # initial -A, uniform
+
+
+def softplus_inverse(x: Tensor) -> Tensor:
+    """The y with softplus(y) = x (x > 0): how dt_bias stores an initial dt."""
+    return x + torch.log(-torch.expm1(-x))
+
+
 class Mamba2Mixer(nn.Module):
     def __init__(self, cfg: Mamba2Config) -> None:
         super().__init__()
@@ -99,10 +108,11 @@ class Mamba2Mixer(nn.Module):
         d_in_proj = 2 * cfg.d_inner + 2 * cfg.ngroups * cfg.d_state + cfg.nheads  # z, xBC, dt
         self.in_proj = nn.Linear(cfg.d_model, d_in_proj, bias=False)
         self.conv1d = nn.Conv1d(cfg.conv_dim, cfg.conv_dim, cfg.d_conv, groups=cfg.conv_dim, bias=True)
-        # dt initialised log-uniform in [1e-3, 1e-1] through its softplus inverse; A in [1, 16]
-        dt = torch.exp(torch.rand(cfg.nheads) * (math.log(0.1) - math.log(1e-3)) + math.log(1e-3))
-        self.dt_bias = nn.Parameter(dt + torch.log(-torch.expm1(-dt)))
-        self.A_log = nn.Parameter(torch.log(torch.empty(cfg.nheads).uniform_(1, 16)))
+        # dt initialised log-uniform in DT_RANGE through its softplus inverse; -A uniform in A_RANGE
+        # (Mamba2LM.spread_timescales redraws both stratified and paired)
+        dt = torch.exp(torch.rand(cfg.nheads) * (math.log(DT_RANGE[1]) - math.log(DT_RANGE[0])) + math.log(DT_RANGE[0]))
+        self.dt_bias = nn.Parameter(softplus_inverse(dt))
+        self.A_log = nn.Parameter(torch.log(torch.empty(cfg.nheads).uniform_(*A_RANGE)))
         self.D = nn.Parameter(torch.ones(cfg.nheads))
         self.norm = RMSNorm(cfg.d_inner, cfg.norm_eps, group_size=cfg.d_inner // cfg.ngroups)
         self.out_proj = nn.Linear(cfg.d_inner, cfg.d_model, bias=False)
@@ -249,6 +259,21 @@ class Mamba2LM(nn.Module):
             )
             for _ in range(c.n_layer)
         ]
+
+    @torch.no_grad()
+    def spread_timescales(self, gen: torch.Generator | None = None) -> None:
+        """Redraw each layer's dt and A one per stratum and pair them in order, so every layer has heads from the
+        longest memory (smallest dt with smallest -A: 1/(dt*-A) >= ~190 tokens) to the shortest.
+
+        The default draws dt and A independently per head: a layer then lacks a long-memory head about half the time.
+        """
+        h = self.cfg.nheads
+        for layer in self.backbone.layers:
+            strata = torch.arange(h) / h  # head i draws its quantile in [i/h, (i+1)/h), for dt and for -A alike
+            u_dt, u_a = strata + torch.rand(h, generator=gen) / h, strata + torch.rand(h, generator=gen) / h
+            lo, hi = math.log(DT_RANGE[0]), math.log(DT_RANGE[1])
+            layer.mixer.dt_bias.copy_(softplus_inverse(torch.exp(lo + u_dt * (hi - lo))))
+            layer.mixer.A_log.copy_(torch.log(A_RANGE[0] + u_a * (A_RANGE[1] - A_RANGE[0])))
 
     def num_params(self) -> int:
         """Parameter count (tied weights once)."""

@@ -120,6 +120,9 @@ class TrainConfig(OptimConfig):
     init: str | None = None
     tokenizer: str = "bpe:2048"  # "bytes" or "bpe:VOCAB" (trained on a sample of the task mix)
     init_seed: int | None = None  # seed of a fresh run's initial weights and BPE (None: seed, which draws the data)
+    # a fresh run's dt and A per head: random (independent draws) or spread (stratified and paired: every layer gets
+    # heads from the longest memory to the shortest; Mamba2LM.spread_timescales)
+    timescales: str = "random"
     squad: str | None = None  # SQuAD v1.1 JSON for the "squad" / "squad-segments" tasks (training articles only)
     model: dict = field(default_factory=dict)  # Mamba2Config fields (ignored with init)
     arch: str = "mamba2"  # mamba2 | transformer (the averaged-KV-cache baseline, ragsoup.kvsoup; model = TransformerConfig)
@@ -645,11 +648,20 @@ def train(cfg: TrainConfig, resume: bool = False, on_log: Log | None = None, dev
     if cfg.init and cfg.init_seed is not None:
         raise RagsoupError("--init-seed sets the initial weights of a run from scratch; with --init they come from "
                            f"{cfg.init}: leave one out")
+    if cfg.timescales not in ("random", "spread"):
+        raise RagsoupError(f"unknown --timescales '{cfg.timescales}': use random or spread")
+    if cfg.init and cfg.timescales != "random":
+        raise RagsoupError(f"--timescales sets a run from scratch's initial dt and A; with --init they come from "
+                           f"{cfg.init}: leave one out")
     torch.manual_seed(cfg.fresh_seed())
     model, tok = start_model(out, resume, cfg.init, device, "train")
     if model is None:
         tok = make_tokenizer(cfg)
         model = new_model(cfg.arch, cfg.model, tok, device)
+        if cfg.timescales == "spread":
+            if cfg.arch != "mamba2":
+                raise RagsoupError("--timescales spread sets Mamba2 heads' dt and A: the transformer has none")
+            model.spread_timescales(torch.Generator().manual_seed(cfg.fresh_seed()))
     encoder = None
     if cfg.freeze_encoder:  # decoder-only: the starting weights, frozen, encode every passage (saved as OUT/encoder)
         encoder = _frozen_encoder(cfg, model, tok, Path(cfg.out), resume, device)

@@ -132,3 +132,31 @@ def test_parameter_names_follow_mamba_ssm_layout():
               "backbone.layers.0.mixer.D", "backbone.layers.0.mixer.norm.weight",
               "backbone.layers.0.mixer.out_proj.weight"]:
         assert n in names, n
+
+
+def test_spread_timescales_gives_every_layer_one_head_per_stratum_paired_in_order():
+    from ragsoup.model import A_RANGE, DT_RANGE
+
+    cfg = replace(TINY, d_model=64, n_layer=3)  # 8 heads per layer
+    h = cfg.nheads
+    torch.manual_seed(0)
+    m = Mamba2LM(cfg)
+    random_longest = []
+    for layer in m.backbone.layers:
+        dt = torch.nn.functional.softplus(layer.mixer.dt_bias)
+        random_longest.append((1 / (dt * torch.exp(layer.mixer.A_log))).max().item())
+    m.spread_timescales(torch.Generator().manual_seed(1))
+    again = Mamba2LM(cfg)
+    again.spread_timescales(torch.Generator().manual_seed(1))
+    lo, hi = (torch.log(torch.tensor(r)) for r in DT_RANGE)
+    for layer, twin in zip(m.backbone.layers, again.backbone.layers):
+        dt = torch.nn.functional.softplus(layer.mixer.dt_bias.detach())
+        A = torch.exp(layer.mixer.A_log.detach())
+        q_dt = (torch.log(dt) - lo) / (hi - lo)  # quantile of dt in its log-uniform range
+        q_a = (A - A_RANGE[0]) / (A_RANGE[1] - A_RANGE[0])
+        strata = torch.arange(h)
+        assert torch.equal((q_dt * h + 1e-4).floor().long().clamp(0, h - 1), strata)
+        assert torch.equal((q_a * h + 1e-4).floor().long().clamp(0, h - 1), strata)
+        assert (1 / (dt[0] * A[0])).item() >= 195.0  # head 0: dt <= 1e-3 * 100**(1/8), -A <= 1 + 15/8
+        assert torch.equal(layer.mixer.dt_bias, twin.mixer.dt_bias) and torch.equal(layer.mixer.A_log, twin.mixer.A_log)
+    assert min(random_longest) < 195.0  # the independent draws left some layer without such a head

@@ -767,3 +767,22 @@ def test_train_command_group_by_length_is_recorded_and_off_by_default(tmp_path):
                                        "--eval-every", "0", *flags])
         assert res.exit_code == 0, res.output
         assert json.loads((out / "train_config.json").read_text())["group_by_length"] is expected
+
+
+def test_timescales_spread_redraws_only_dt_and_a_of_a_fresh_run(tmp_path, monkeypatch):
+    from safetensors.torch import load_file
+
+    monkeypatch.setattr(T, "update", lambda *a, **kw: 0.0)  # no optimizer step: the saved weights are the initial ones
+    base = _cfg(tokenizer="bpe:300", steps=1, save_every=0, ckpt_group=0)
+    for name, kind in (("r", "random"), ("s", "spread"), ("s2", "spread")):
+        train(replace(base, out=str(tmp_path / name), timescales=kind))
+    w = {n: load_file(str(tmp_path / n / "last" / "model.safetensors")) for n in ("r", "s", "s2")}
+    moved = {k for k in w["r"] if not torch.equal(w["r"][k], w["s"][k])}
+    assert moved and all(k.endswith(("dt_bias", "A_log")) for k in moved)
+    assert all(torch.equal(w["s"][k], w["s2"][k]) for k in w["s"])  # deterministic
+    for k in (k for k in w["s"] if k.endswith("A_log")):
+        assert torch.all(w["s"][k][1:] > w["s"][k][:-1])  # paired in order: -A grows with the head index
+    with pytest.raises(RagsoupError, match="--timescales"):
+        train(replace(base, out=str(tmp_path / "e"), init=str(tmp_path / "r" / "last"), timescales="spread"))
+    with pytest.raises(RagsoupError, match="random or spread"):
+        train(replace(base, out=str(tmp_path / "e"), timescales="wide"))
