@@ -31,7 +31,8 @@
 # SEED=N (optional) replaces the stages' own seeds with N, N+1, N+2, N+3: other runs of the same recipe, to see its spread.
 # DATA_SEED=N (optional) does so for the data alone and keeps stage 1's initial weights and BPE (seed 0's, --init-seed 0):
 # whether stage 1 copies whole values, which the later key matching needs, is settled by its initialisation, and seed
-# 0's copies on every data stream tried; of seven initialisations tried it is the one that does (docs/models.md (s)).
+# 0's copies on every data stream tried; of eight initialisations tried it is the one that does (docs/models.md (s);
+# its heads' timescales together with its input projection decide it, section (t)).
 set -euo pipefail
 threads=${THREADS:-2}
 out=${OUT:-runs/hour}
