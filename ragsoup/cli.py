@@ -273,7 +273,7 @@ def train(
     passage_chars: Optional[int] = typer.Option(None, help="Characters per generated passage."),
     seed: Optional[int] = typer.Option(None, help="Seed (data and init)."),
     init_seed: Optional[int] = typer.Option(None, "--init-seed", help="Seed of a fresh run's initial weights and BPE tokenizer alone (default: --seed); --seed then draws only the data."),
-    timescales: Optional[str] = typer.Option(None, help="A fresh run's initial dt and A per head: random (independent draws) or spread (stratified and paired, so every layer has a long-memory head)."),
+    timescales: Optional[str] = typer.Option(None, help="A fresh run's initial dt and A per head: random (independent draws) or spread (stratified and paired, so every layer has a long-memory head; an ablation, docs/models.md (t))."),
     freeze_encoder: bool = typer.Option(False, "--freeze-encoder", help="Decoder-only finetuning: passages are encoded by a frozen copy of the starting model (saved in OUT/encoder)."),
     loss_on_question: bool = typer.Option(False, "--loss-on-question", help="Also train on the question tokens."),
     ckpt_group: Optional[int] = typer.Option(None, help="Passages per activation-checkpointed group (0: off)."),
