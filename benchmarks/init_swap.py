@@ -25,9 +25,8 @@ from ragsoup.checkpoint import save_checkpoint
 STAGE1 = dict(bank_size=512, fresh_max=8, bank_refresh=20, k_hold_loss=2.0)  # train_hour.sh's stage 1 options
 
 
-def fresh(seed: int, tok) -> torch.nn.Module:
-    """The fresh stage-1 model of ``seed`` for tokenizer ``tok``."""
-    cfg = T.TrainConfig.from_dict({**T.PRESETS["default"], **STAGE1})
+def fresh(cfg: T.TrainConfig, seed: int, tok) -> torch.nn.Module:
+    """The fresh model of ``cfg`` and ``seed`` for tokenizer ``tok``."""
     torch.manual_seed(seed)
     return T.new_model(cfg.arch, cfg.model, tok)
 
@@ -67,9 +66,9 @@ def main() -> None:
     a = ap.parse_args()
     cfg = T.TrainConfig.from_dict({**T.PRESETS["default"], **STAGE1})
     tok = T.make_tokenizer(replace(cfg, seed=a.bpe_seed))
-    model = fresh(a.weights, tok)
+    model = fresh(cfg, a.weights, tok)
     if a.donor is not None and a.params:
-        n = swap(model, fresh(a.donor, tok), a.params.split(","))
+        n = swap(model, fresh(cfg, a.donor, tok), a.params.split(","))
         print(f"{n:,} values from seed {a.donor}: {a.params}")
     for i, mem in enumerate(memories(model)):
         print(f"layer {i}: longest memories " + " ".join(f"{m:.0f}" for m in mem) + " tokens")

@@ -96,6 +96,12 @@ DT_RANGE = (1e-3, 1e-1)  # initial dt, log-uniform
 A_RANGE = (1.0, 16.0)  # initial -A, uniform
 
 
+def dt_at_quantile(u: Tensor) -> Tensor:
+    """The initial dt at quantiles ``u`` in [0, 1) of its log-uniform range DT_RANGE."""
+    lo, hi = math.log(DT_RANGE[0]), math.log(DT_RANGE[1])
+    return torch.exp(u * (hi - lo) + lo)
+
+
 def softplus_inverse(x: Tensor) -> Tensor:
     """The y with softplus(y) = x (x > 0): how dt_bias stores an initial dt."""
     return x + torch.log(-torch.expm1(-x))
@@ -110,8 +116,7 @@ class Mamba2Mixer(nn.Module):
         self.conv1d = nn.Conv1d(cfg.conv_dim, cfg.conv_dim, cfg.d_conv, groups=cfg.conv_dim, bias=True)
         # dt initialised log-uniform in DT_RANGE through its softplus inverse; -A uniform in A_RANGE
         # (Mamba2LM.spread_timescales redraws both stratified and paired)
-        dt = torch.exp(torch.rand(cfg.nheads) * (math.log(DT_RANGE[1]) - math.log(DT_RANGE[0])) + math.log(DT_RANGE[0]))
-        self.dt_bias = nn.Parameter(softplus_inverse(dt))
+        self.dt_bias = nn.Parameter(softplus_inverse(dt_at_quantile(torch.rand(cfg.nheads))))
         self.A_log = nn.Parameter(torch.log(torch.empty(cfg.nheads).uniform_(*A_RANGE)))
         self.D = nn.Parameter(torch.ones(cfg.nheads))
         self.norm = RMSNorm(cfg.d_inner, cfg.norm_eps, group_size=cfg.d_inner // cfg.ngroups)
@@ -272,8 +277,7 @@ class Mamba2LM(nn.Module):
         for layer in self.backbone.layers:
             strata = torch.arange(h) / h  # head i draws its quantile in [i/h, (i+1)/h), for dt and for -A alike
             u_dt, u_a = strata + torch.rand(h, generator=gen) / h, strata + torch.rand(h, generator=gen) / h
-            lo, hi = math.log(DT_RANGE[0]), math.log(DT_RANGE[1])
-            layer.mixer.dt_bias.copy_(softplus_inverse(torch.exp(lo + u_dt * (hi - lo))))
+            layer.mixer.dt_bias.copy_(softplus_inverse(dt_at_quantile(u_dt)))
             layer.mixer.A_log.copy_(torch.log(A_RANGE[0] + u_a * (A_RANGE[1] - A_RANGE[0])))
 
     def num_params(self) -> int:

@@ -264,7 +264,11 @@ class RampHold:
         self.start: int | None = 0 if threshold <= 0 else None
         self.recent: deque[float] = deque(maxlen=HOLD_WINDOW)
         for rec in past:  # a resumed run replays its log's losses
-            self.observe(rec["step"], rec.get("answer_loss", rec["loss"]))
+            self.observe_record(rec)
+
+    def observe_record(self, rec: dict) -> bool:
+        """``observe`` a log record's watched loss: its answer tokens' (``answer_loss`` when logged, else ``loss``)."""
+        return self.observe(rec["step"], rec.get("answer_loss", rec["loss"]))
 
     def observe(self, step: int, loss: float) -> bool:
         """Take the loss logged at ``step``; True when the ramp starts at this step."""
@@ -497,6 +501,8 @@ def _decoder_batch(tok: Tokenizer, prefixes: list[list[int]], qas: list[tuple[st
     pos = torch.arange(inp.size(1), device=device)[None]
     within = pos < (lengths - 1)[:, None]
     mask = (pos >= torch.tensor(starts, device=device)[:, None]) & within
+    if not loss_on_question:  # the loss mask is the answer mask
+        return inp, tgt, mask, mask
     return inp, tgt, mask, (pos >= torch.tensor(answers, device=device)[:, None]) & within
 
 
@@ -653,14 +659,14 @@ def train(cfg: TrainConfig, resume: bool = False, on_log: Log | None = None, dev
     if cfg.init and cfg.timescales != "random":
         raise RagsoupError(f"--timescales sets a run from scratch's initial dt and A; with --init they come from "
                            f"{cfg.init}: leave one out")
+    if cfg.timescales == "spread" and cfg.arch != "mamba2":
+        raise RagsoupError("--timescales spread sets Mamba2 heads' dt and A: the transformer has none")
     torch.manual_seed(cfg.fresh_seed())
     model, tok = start_model(out, resume, cfg.init, device, "train")
     if model is None:
         tok = make_tokenizer(cfg)
         model = new_model(cfg.arch, cfg.model, tok, device)
         if cfg.timescales == "spread":
-            if cfg.arch != "mamba2":
-                raise RagsoupError("--timescales spread sets Mamba2 heads' dt and A: the transformer has none")
             model.spread_timescales(torch.Generator().manual_seed(cfg.fresh_seed()))
     encoder = None
     if cfg.freeze_encoder:  # decoder-only: the starting weights, frozen, encode every passage (saved as OUT/encoder)
@@ -716,7 +722,7 @@ def train(cfg: TrainConfig, resume: bool = False, on_log: Log | None = None, dev
             t_last, ex_acc, tok_acc = now, 0, 0
             if cfg.loss_on_question:
                 rec["answer_loss"] = round(answer_loss, 5)
-            if hold.observe(step, rec.get("answer_loss", rec["loss"])):  # the hold watches the answer tokens
+            if hold.observe_record(rec):
                 rec["ramp_start"] = step
             if cfg.k_hold_extend:
                 rec["sched_step"] = sched(step)
